@@ -1,0 +1,118 @@
+"""User-side runtime of the worker (and of the generator's recompute path): history -> user_tokens.
+
+Loads only the user tower (encoder + Perceiver) of the USER-LLM checkpoint, so a worker needs no
+LLM. Incremental where the model allows: while a user's events fit in the encoder window and the
+new events come after the cached ones, only the new events are encoded against the cached
+key/value state; otherwise (no state, another model_version, an out-of-order event, a full
+window) the last `window` events are recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint, load_state_strict
+from models.features import collate_events
+from models.user_encoder import EncoderState, past_from_tensor, past_to_tensor
+from models.user_tower import UserTower, UserTowerConfig
+from service.codec import FeatureCodec
+from service.user_store import StoredEvent
+
+TOWER_PREFIX = "tower."
+
+
+@dataclass(frozen=True)
+class Encoded:
+    user_tokens: np.ndarray  # (L, Du) float16
+    state: np.ndarray | None  # packed encoder state (2 n_layers + 1, T, D) float16
+    state_keys: list[str]  # event keys the state covers, in order
+    n_events: int  # events behind the tokens
+    mode: str  # "incremental" | "full"
+
+
+class UserTowerRuntime:
+    """Encoder + Perceiver of one checkpoint, on CPU or CUDA, in eval mode."""
+
+    def __init__(self, tower: UserTower, codec: FeatureCodec, model_version: str, device: str = "cpu"):
+        self.tower = tower.eval().to(device)
+        self.codec = codec
+        self.model_version = model_version
+        self.device = device
+        self.window = tower.config.encoder.window
+        self.n_heads = tower.config.encoder.n_heads
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str = "cpu") -> UserTowerRuntime:
+        ck = load_checkpoint(directory)
+        tower = UserTower(UserTowerConfig(**ck.config["tower"]))
+        state = {k[len(TOWER_PREFIX) :]: v for k, v in ck.state_dict.items() if k.startswith(TOWER_PREFIX)}
+        load_state_strict(tower, state)
+        codec = FeatureCodec.from_extras(ck.extras["vocab"], ck.extras["catalogue"])
+        return cls(tower, codec, ck.model_version, device)
+
+    def _features(
+        self, seqs: Sequence[Sequence[StoredEvent]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        encoded = [self.codec.encode([(e.item_id, e.rating) for e in seq]) for seq in seqs]
+        features, mask = collate_events(encoded, max_len=self.window)
+        return {k: v.to(self.device) for k, v in features.items()}, mask.to(self.device)
+
+    def _finish(
+        self, tokens: torch.Tensor, past: EncoderState, keys_per_user: list[list[str]], mode: str
+    ) -> list[Encoded]:
+        out = []
+        for b, state in enumerate(past.split()):
+            packed = past_to_tensor(state).to("cpu", torch.float16).numpy()
+            out.append(
+                Encoded(
+                    tokens[b].to("cpu", torch.float16).numpy(),
+                    packed,
+                    keys_per_user[b],
+                    len(keys_per_user[b]),
+                    mode,
+                )
+            )
+        return out
+
+    @torch.inference_mode()
+    def encode_full(self, histories: Sequence[Sequence[StoredEvent]]) -> list[Encoded]:
+        """Recompute from the last `window` events of each (time-ordered) history."""
+        windows = [list(h)[-self.window :] for h in histories]
+        features, mask = self._features(windows)
+        out = self.tower(features, mask)
+        return self._finish(out.user_tokens, out.past, [[e.key for e in w] for w in windows], "full")
+
+    @torch.inference_mode()
+    def encode_incremental(
+        self,
+        states: Sequence[np.ndarray],
+        state_keys: Sequence[list[str]],
+        new_events: Sequence[Sequence[StoredEvent]],
+    ) -> list[Encoded]:
+        """Encode only `new_events` after each user's cached state (caller checked it fits)."""
+        pasts = [
+            past_from_tensor(torch.from_numpy(s.astype(np.float32)).to(self.device), n_heads=self.n_heads)
+            for s in states
+        ]
+        features, mask = self._features(new_events)
+        out = self.tower(features, mask, EncoderState.stack(pasts))
+        keys = [list(k) + [e.key for e in new] for k, new in zip(state_keys, new_events, strict=True)]
+        return self._finish(out.user_tokens, out.past, keys, "incremental")
+
+    def can_extend(self, state_keys: list[str], history: Sequence[StoredEvent], n_new: int) -> bool:
+        """The cached state covers exactly the history before the new events, and the window has room."""
+        old = [e.key for e in history[: len(history) - n_new]]
+        return bool(state_keys) and old == state_keys and len(history) <= self.window
+
+    def state_of(self, raw: dict[bytes, bytes] | None) -> tuple[np.ndarray, list[str]] | None:
+        """Decode a stored state hash when it belongs to this model_version."""
+        if not raw or raw.get(b"model_version", b"").decode() != self.model_version:
+            return None
+        shape = tuple(json.loads(raw[b"shape"]))
+        return np.frombuffer(raw[b"kv"], dtype=np.float16).reshape(shape), json.loads(raw[b"keys"])

@@ -1,0 +1,110 @@
+"""One error hierarchy and one JSON envelope: `{"error": <class name>, "detail": <message>}`.
+
+Based on: polar `exceptions.py` + `exception_handlers.py`; vLLM `api_server.py` (503 on a dead engine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ServiceError(Exception):
+    """Base of every error the API returns on purpose."""
+
+    status_code = 500
+
+    def __init__(
+        self, message: str, status_code: int | None = None, *, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers or {}
+
+
+class UserNotFound(ServiceError):
+    status_code = 404
+
+
+class ItemNotFound(ServiceError):
+    status_code = 404
+
+
+class EmbeddingNotReady(ServiceError):
+    status_code = 409
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+
+
+class InvalidSamplingParams(InvalidRequest):
+    pass
+
+
+class EngineOverloaded(ServiceError):
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class EngineUnavailable(ServiceError):
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class StoreUnavailable(EngineUnavailable):
+    """Redis is unreachable."""
+
+
+def envelope(error: str, detail: Any) -> dict[str, Any]:
+    return {"error": error, "detail": detail}
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        out.append({"field": ".".join(loc) or "body", "message": err.get("msg", ""), "type": err.get("type")})
+    return out
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return JSONResponse(envelope(type(exc).__name__, exc.message), exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = _field_errors(exc)
+    detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    body = envelope("ValidationError", detail)
+    body["fields"] = jsonable_encoder(fields)
+    return JSONResponse(body, 422)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    return JSONResponse(envelope(name, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(envelope("InternalError", f"{type(exc).__name__}: {exc}"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,70 @@
+"""The Redis layout, versioned, in one place.
+
+| key                                | type   | holds                                                       |
+|------------------------------------|--------|-------------------------------------------------------------|
+| `{p}:events:{shard}`               | stream | accepted events; consumer group `encoders`                  |
+| `{p}:hist:{user}`                  | zset   | the user's newest events: member = event key, score = time  |
+| `{p}:evt:{user}`                   | hash   | event key -> packed event (JSON)                            |
+| `{p}:state:{user}`                 | hash   | incremental encoder state: `kv` (fp32 bytes), `shape`,      |
+|                                    |        | `keys` (event keys it covers, JSON), `model_version`        |
+| `{p}:emb:{user}`                   | hash   | `user_tokens` (fp16 bytes, L x Du), `shape`, `dtype`,       |
+|                                    |        | `model_version`, `updated_at`, `last_event_id`, `n_events`, |
+|                                    |        | `rev` (compare-and-set revision of the user's record)       |
+| `{p}:seen:{user}`                  | hash   | `n_events`, `last_event_time`, `unknown_items`              |
+| `{p}:items:{user}`                 | set    | every item id the user has had an event on (exclude_seen)   |
+| `{p}:dedup:{event_id}`             | string | SET NX EX: a client `event_id` already accepted             |
+
+`{user}` and `{shard}` are Redis Cluster hash tags: every key of one user lives in one slot, so the
+worker's MULTI/EXEC per user works on a cluster. Events of one user always go to the same shard
+(crc32 of the user id), so they stay ordered within the shard's stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+LAYOUT_VERSION = 1
+GROUP = "encoders"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one deployment (`prefix`) and shard count."""
+
+    prefix: str = "ullm"
+    num_shards: int = 4
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:v{LAYOUT_VERSION}"
+
+    def shard_of(self, user_id: str) -> int:
+        return zlib.crc32(user_id.encode("utf-8")) % self.num_shards
+
+    def stream(self, shard: int) -> str:
+        return f"{self.base}:events:{{{shard}}}"
+
+    def streams(self) -> list[str]:
+        return [self.stream(s) for s in range(self.num_shards)]
+
+    def hist(self, user_id: str) -> str:
+        return f"{self.base}:hist:{{{user_id}}}"
+
+    def evt(self, user_id: str) -> str:
+        return f"{self.base}:evt:{{{user_id}}}"
+
+    def state(self, user_id: str) -> str:
+        return f"{self.base}:state:{{{user_id}}}"
+
+    def emb(self, user_id: str) -> str:
+        return f"{self.base}:emb:{{{user_id}}}"
+
+    def seen(self, user_id: str) -> str:
+        return f"{self.base}:seen:{{{user_id}}}"
+
+    def items(self, user_id: str) -> str:
+        return f"{self.base}:items:{{{user_id}}}"
+
+    def dedup(self, event_id: str) -> str:
+        return f"{self.base}:dedup:{{{event_id}}}"

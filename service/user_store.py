@@ -1,0 +1,210 @@
+"""Per-user records in Redis: history, incremental encoder state, user_tokens; compare-and-set writes.
+
+Several workers may hold events of the same user (a consumer group spreads a shard's entries over
+its consumers, and XAUTOCLAIM hands a dead worker's entries to others), so an update is optimistic:
+read the user's record and its revision, compute, then write with a Lua script that applies only
+if the revision is unchanged (else the worker re-reads and recomputes). Events are keyed (client
+`event_id`, else the stream entry id) and stored in a sorted set, so re-applying an event after a
+crash between write and XACK changes nothing: every event is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from service.codec import item_sort_key
+from service.keys import Keys
+
+# KEYS: hist, evt, emb, state, seen, items. ARGV[1]: expected revision ("" = no record yet),
+# ARGV[2]: JSON {add: [[key, score, packed]], drop: [key], emb: {...}, state: {...} | null,
+# seen: {...}, new_items: [...], n_new: int}; bytes fields come as ARGV[3] (tokens), ARGV[4] (state kv).
+_CAS_SCRIPT = """
+local rev = redis.call('HGET', KEYS[3], 'rev')
+if (rev or '') ~= ARGV[1] then return 0 end
+local u = cjson.decode(ARGV[2])
+for _, e in ipairs(u.add) do
+  redis.call('ZADD', KEYS[1], e[2], e[1])
+  redis.call('HSET', KEYS[2], e[1], e[3])
+end
+for _, k in ipairs(u.drop) do
+  redis.call('ZREM', KEYS[1], k)
+  redis.call('HDEL', KEYS[2], k)
+end
+local fields = {}
+for k, v in pairs(u.emb) do table.insert(fields, k); table.insert(fields, tostring(v)) end
+redis.call('HSET', KEYS[3], 'user_tokens', ARGV[3], 'rev', tostring((tonumber(rev) or 0) + 1), unpack(fields))
+if u.state == cjson.null then
+  redis.call('DEL', KEYS[4])
+else
+  redis.call('HSET', KEYS[4], 'kv', ARGV[4], 'shape', u.state.shape, 'keys', u.state.keys,
+             'model_version', u.state.model_version)
+end
+if u.n_new > 0 then
+  redis.call('HINCRBY', KEYS[5], 'n_events', u.n_new)
+  redis.call('HINCRBY', KEYS[5], 'unknown_items', u.n_unknown)
+  redis.call('HSET', KEYS[5], 'last_event_time', tostring(u.last_time))
+end
+for _, item in ipairs(u.new_items) do redis.call('SADD', KEYS[6], item) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    key: str
+    item_id: str
+    timestamp: float
+    event_type: str
+    rating: float | None
+    text: str | None
+
+    @property
+    def order(self) -> tuple[float, tuple[int, int, str], str]:
+        """Time order with the data sets' tie-break (item id ascending), then the event key."""
+        return (self.timestamp, item_sort_key(self.item_id), self.key)
+
+    @classmethod
+    def unpack(cls, key: str, packed: bytes | str) -> StoredEvent:
+        item, ts, etype, rating, text = json.loads(packed)
+        return cls(key, str(item), float(ts), etype, rating, text)
+
+    def pack(self) -> str:
+        return json.dumps(
+            [self.item_id, self.timestamp, self.event_type, self.rating, self.text], separators=(",", ":")
+        )
+
+
+@dataclass
+class UserRecord:
+    """What a worker reads of one user before updating it."""
+
+    user_id: str
+    rev: str  # "" when the user has no embedding record yet
+    events: list[StoredEvent]  # time-ordered, at most `history_keep`
+    state: dict[str, bytes] | None  # raw `state` hash or None
+    emb_model_version: str | None
+
+
+def _s(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+async def read_users(redis: aioredis.Redis, keys: Keys, user_ids: list[str]) -> dict[str, UserRecord]:
+    pipe = redis.pipeline(transaction=False)
+    for u in user_ids:
+        pipe.hmget(keys.emb(u), ["rev", "model_version"])
+        pipe.hgetall(keys.evt(u))
+        pipe.hgetall(keys.state(u))
+    replies = await pipe.execute()
+    out = {}
+    for i, u in enumerate(user_ids):
+        (rev, version), evt, state = replies[3 * i : 3 * i + 3]
+        events = sorted((StoredEvent.unpack(k.decode(), v) for k, v in evt.items()), key=lambda e: e.order)
+        out[u] = UserRecord(u, _s(rev) or "", events, state or None, _s(version))
+    return out
+
+
+@dataclass
+class UserUpdate:
+    user_id: str
+    expected_rev: str
+    add: list[StoredEvent]
+    drop: list[str]
+    user_tokens: np.ndarray  # (L, Du) float16
+    model_version: str
+    n_events_encoded: int
+    last_event_key: str
+    state_kv: np.ndarray | None  # packed encoder state (float16) or None
+    state_keys: list[str]
+    n_unknown: int
+    new_items: list[str]
+
+
+async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpdate]) -> list[bool]:
+    """Apply updates with compare-and-set; returns per update whether it was applied."""
+    script = redis.register_script(_CAS_SCRIPT)
+    pipe = redis.pipeline(transaction=False)
+    now = time.time()
+    for up in updates:
+        u = up.user_id
+        payload: dict[str, Any] = {
+            "add": [[e.key, e.timestamp, e.pack()] for e in up.add],
+            "drop": up.drop,
+            "emb": {
+                "shape": json.dumps(list(up.user_tokens.shape)),
+                "dtype": "float16",
+                "model_version": up.model_version,
+                "updated_at": repr(now),
+                "last_event_id": up.last_event_key,
+                "n_events": up.n_events_encoded,
+            },
+            "state": None
+            if up.state_kv is None
+            else {
+                "shape": json.dumps(list(up.state_kv.shape)),
+                "keys": json.dumps(up.state_keys),
+                "model_version": up.model_version,
+            },
+            "n_new": len(up.add),
+            "n_unknown": up.n_unknown,
+            "last_time": max((e.timestamp for e in up.add), default=0.0),
+            "new_items": up.new_items,
+        }
+        argv = [
+            up.expected_rev,
+            json.dumps(payload),
+            up.user_tokens.astype(np.float16).tobytes(),
+            b"" if up.state_kv is None else up.state_kv.astype(np.float16).tobytes(),
+        ]
+        script(
+            keys=[keys.hist(u), keys.evt(u), keys.emb(u), keys.state(u), keys.seen(u), keys.items(u)],
+            args=argv,
+            client=pipe,
+        )
+    replies = await pipe.execute()
+    return [bool(r) for r in replies]
+
+
+# --- reads for serving ---
+
+
+@dataclass(frozen=True)
+class CachedTokens:
+    user_tokens: np.ndarray  # (L, Du) float16
+    model_version: str
+    updated_at: float
+    n_events: int
+
+
+async def read_tokens(redis: aioredis.Redis, keys: Keys, user_id: str) -> CachedTokens | None:
+    raw = await redis.hmget(
+        keys.emb(user_id), ["user_tokens", "shape", "model_version", "updated_at", "n_events"]
+    )
+    if raw[0] is None:
+        return None
+    shape = tuple(json.loads(raw[1]))
+    tokens = np.frombuffer(raw[0], dtype=np.float16).reshape(shape)
+    return CachedTokens(tokens, raw[2].decode(), float(raw[3]), int(raw[4]))
+
+
+async def read_history(redis: aioredis.Redis, keys: Keys, user_id: str) -> list[StoredEvent]:
+    evt = await redis.hgetall(keys.evt(user_id))
+    return sorted((StoredEvent.unpack(k.decode(), v) for k, v in evt.items()), key=lambda e: e.order)
+
+
+async def read_seen_items(redis: aioredis.Redis, keys: Keys, user_id: str) -> set[str]:
+    return {m.decode() for m in await redis.smembers(keys.items(user_id))}
+
+
+async def read_user_info(redis: aioredis.Redis, keys: Keys, user_id: str) -> dict[str, Any]:
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.seen(user_id))
+    pipe.hmget(keys.emb(user_id), ["model_version", "updated_at", "n_events"])
+    seen, emb = await pipe.execute()
+    return {"seen": {k.decode(): v.decode() for k, v in seen.items()}, "emb": [_s(x) for x in emb]}

@@ -1,0 +1,161 @@
+"""UserEncoder: shapes, incremental == full recompute, batch == singles, state packing, pretraining."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from models.features import collate_events
+from models.user_encoder import EncoderState, UserEncoder, UserEncoderConfig, past_from_tensor, past_to_tensor
+
+
+def _history(n: int, seed: int) -> dict[str, list]:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, 99, (n,), generator=g).tolist()
+    cats = [
+        torch.randint(2, 12, (int(k),), generator=g).tolist() for k in torch.randint(0, 4, (n,), generator=g)
+    ]
+    return {"item": items, "category": cats, "rating": torch.randint(2, 8, (n,), generator=g).tolist()}
+
+
+def _slice(h: dict[str, list], start: int, stop: int) -> dict[str, list]:
+    return {k: v[start:stop] for k, v in h.items()}
+
+
+def _model(**overrides: object) -> UserEncoder:
+    return UserEncoder(UserEncoderConfig.tiny(**overrides)).eval()
+
+
+def _encode(model: UserEncoder, seqs: list[dict[str, list]], past: EncoderState | None = None):  # noqa: ANN202
+    feats, mask = collate_events(seqs, max_len=64, max_categories=3)
+    return model(feats, mask, past=past), mask
+
+
+@pytest.mark.parametrize("fusion", ["early", "late"])
+def test_shapes(fusion: str) -> None:
+    model = _model(fusion=fusion)
+    out, mask = _encode(model, [_history(7, 1), _history(4, 2)])
+    assert out.hidden.shape == (2, 7, 32)
+    assert_close(out.hidden[1, 4:], torch.zeros(3, 32))  # padding outputs are zero
+    assert len(out.past.keys) == 2 and out.past.keys[0].shape == (2, 4, 7, 8)
+    assert out.past.n_events.tolist() == [7, 4]
+    logits = model.next_event_logits(out.hidden)
+    assert {k: v.shape[-1] for k, v in logits.items()} == {"item": 99, "category": 12, "rating": 8}
+
+
+def test_incremental_equals_full_recompute() -> None:
+    model = _model()
+    h = _history(16, 3)  # fills the whole window (16)
+    full, _ = _encode(model, [h])
+    first, _ = _encode(model, [_slice(h, 0, 5)])
+    second, _ = _encode(model, [_slice(h, 5, 6)], past=first.past)  # one new event
+    third, _ = _encode(model, [_slice(h, 6, 16)], past=second.past)
+    assert_close(
+        torch.cat([first.hidden, second.hidden, third.hidden], dim=1), full.hidden, rtol=0, atol=1e-5
+    )
+    assert_close(third.past.hidden, full.hidden, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        _encode(model, [_slice(h, 0, 1)], past=third.past)
+
+
+def test_batched_incremental_with_ragged_users_equals_singles() -> None:
+    model = _model()
+    hs = [_history(n, 10 + n) for n in (9, 3, 12)]
+    splits = (4, 1, 7)
+    first, _ = _encode(model, [_slice(h, 0, s) for h, s in zip(hs, splits, strict=True)])
+    # Round trip each user's state through one tensor (what the service stores), then re-batch.
+    states = [past_from_tensor(past_to_tensor(s), n_heads=4) for s in first.past.split()]
+    rest = [_slice(h, s, len(h["item"])) for h, s in zip(hs, splits, strict=True)]
+    second, _ = _encode(model, rest, past=EncoderState.stack(states))
+    for b, (h, s) in enumerate(zip(hs, splits, strict=True)):
+        single, _ = _encode(model, [h])
+        assert_close(second.hidden[b, : len(h["item"]) - s], single.hidden[0, s:], rtol=0, atol=1e-5)
+        (user,) = second.past.split()[b : b + 1]
+        assert_close(user.hidden[0], single.hidden[0], rtol=0, atol=1e-5)
+        assert int(user.n_events) == len(h["item"])
+
+
+def test_batch_equals_single_calls() -> None:
+    model = _model()
+    hs = [_history(n, 20 + n) for n in (5, 11, 1)]
+    batch, _ = _encode(model, hs)
+    for b, h in enumerate(hs):
+        single, _ = _encode(model, [h])
+        assert_close(batch.hidden[b, : len(h["item"])], single.hidden[0], rtol=0, atol=1e-5)
+
+
+def test_past_tensor_round_trip_is_exact() -> None:
+    out, _ = _encode(_model(), [_history(6, 4)])
+    packed = past_to_tensor(out.past)
+    assert packed.shape == (2 * 2 + 1, 6, 32)
+    back = past_from_tensor(packed, n_heads=4)
+    for a, b in zip(out.past.keys + out.past.values, back.keys + back.values, strict=True):
+        assert_close(a, b, rtol=0, atol=0)
+    assert_close(back.hidden, out.past.hidden, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        past_to_tensor(_encode(_model(), [_history(2, 1), _history(3, 2)])[0].past)
+
+
+def _synthetic_batch(b: int = 16, t: int = 12) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each user walks items with a fixed step; category and rating are functions of the item."""
+    start, step = torch.randint(2, 90, (b, 1)), torch.randint(1, 3, (b, 1))
+    items = 2 + (start + step * torch.arange(t)) % 97  # (B, T)
+    feats = {"item": items, "category": (2 + items % 10).unsqueeze(-1), "rating": 2 + items % 6}
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[: b // 2, t - 3 :] = False  # some padding
+    for v in feats.values():
+        v[~mask] = 0
+    return feats, mask
+
+
+def test_pretraining_loss_decreases() -> None:
+    model = UserEncoder(UserEncoderConfig.tiny()).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    feats, mask = _synthetic_batch()
+    with torch.no_grad():
+        initial = float(model.pretrain_loss(feats, mask))
+    for _ in range(40):
+        loss = model.pretrain_loss(feats, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    final = loss.item()
+    assert final < 0.5 * initial, (initial, final)
+    assert set(model.pretrain_losses(feats, mask)) == {"item", "category", "rating"}
+
+
+def test_multi_valued_soft_label_loss() -> None:
+    model = _model()
+    feats, mask = collate_events([_history(6, 5)], max_categories=3)
+    losses = model.pretrain_losses(feats, mask)
+    hidden = model(feats, mask).hidden
+    logp = model.next_event_logits(hidden)["category"].log_softmax(-1)[0, :-1]  # (T - 1, V)
+    expected, n = torch.zeros(()), 0
+    for t in range(5):
+        ids = sorted({int(c) for c in feats["category"][0, t + 1] if c != 0})
+        if ids:
+            expected, n = expected - logp[t, ids].mean(), n + 1
+    assert_close(losses["category"], expected / max(n, 1))
+
+
+def test_config_invariants() -> None:
+    with pytest.raises(ValueError):
+        UserEncoderConfig.tiny(n_heads=5)
+    with pytest.raises(ValueError):
+        UserEncoderConfig.tiny(window=0)
+    with pytest.raises(ValueError):
+        UserEncoderConfig.tiny(dropout=1.0)
+    with pytest.raises(ValueError):
+        UserEncoderConfig.tiny(fusion="middle")
+    config = UserEncoderConfig()
+    assert (config.n_layers, config.d_model, config.n_heads, config.window, config.dropout) == (
+        6,
+        128,
+        4,
+        50,
+        0.1,
+    )
+    assert UserEncoderConfig(**asdict(config)) == config

@@ -1,0 +1,285 @@
+"""Training configuration: one frozen dataclass per job, `--key=value` overrides, seeding, LR schedule.
+
+All knobs sit at the top of a dataclass with a comment each (nanoGPT `train.py` spirit); command-line
+overrides `--key=value` are parsed and type-checked against the dataclass fields instead of nanoGPT's
+`exec(open('configurator.py').read())`. `get_lr` is nanoGPT's linear warmup + cosine decay to `min_lr`;
+`seed_everything` mirrors litgpt / Lightning `seed_everything` (python, numpy, torch).
+
+References: nanoGPT `train.py` / `configurator.py`; litgpt `args.py`, `finetune/full.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import random
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ConfigError",
+    "EvalConfig",
+    "FinetuneConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "get_lr",
+    "parse_overrides",
+    "seed_everything",
+]
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A bad `--key=value` override (unknown key, wrong type) or an invalid combination of values."""
+
+
+# --- configs ---
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Self-supervised next-event pretraining of the user encoder (also the base of fine-tuning)."""
+
+    # data
+    dataset: str = "movielens-latest"  # data set name (training/data/registry.py)
+    path: str | None = None  # data directory or file; None = the vendored ml-latest-small
+    category: str | None = None  # Amazon category / Google Local state, when the data set needs one
+    max_users: int = 0  # keep only the first N users (0 = all); for smoke tests and quick runs
+    window: int = 50  # events per training window = encoder positions (paper: 50)
+    stride: int = 50  # step between training windows of one user's history
+    # output
+    out_dir: str = "checkpoints/encoder"  # checkpoint directory (best validation weights)
+    run_dir: str | None = None  # log.jsonl, trainer_state.pt, last/; None = runs/<basename of out_dir>
+    resume: bool = False  # continue from run_dir/trainer_state.pt
+    # optimisation
+    seed: int = 1337  # seeds python, numpy and torch before model init, and the batch order
+    steps: int = 2000  # optimiser steps in total (ignored when epochs > 0)
+    epochs: float = 0.0  # > 0: steps = ceil(epochs * batches per epoch)
+    batch_size: int = 64  # windows (or examples) per step
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # final learning rate of the cosine decay
+    warmup: int = 100  # linear warmup steps
+    weight_decay: float = 0.01  # AdamW weight decay on matrices (not on norms, biases, embeddings)
+    beta2: float = 0.99  # AdamW beta2 (nanoGPT uses 0.99 for small models)
+    grad_clip: float = 1.0  # clip the gradient norm at this value (0 = off)
+    # logging and checkpoints
+    log_interval: int = 50  # steps between log lines (stdout and log.jsonl)
+    eval_interval: int = 250  # steps between validations; best validation loss is saved to out_dir
+    save_interval: int = 500  # steps between resume states (run_dir/trainer_state.pt + run_dir/last/)
+    eval_users: int = 0  # validation users used during training (0 = all)
+    progress: bool = True  # tqdm progress bar
+    # encoder size (paper defaults)
+    d_model: int = 128  # encoder width D
+    n_layers: int = 6  # Transformer blocks
+    n_heads: int = 4  # attention heads
+    dropout: float = 0.2  # embedding, attention and residual dropout
+    fusion: Literal["early", "late"] = "early"  # event feature fusion (models/event_embedding.py)
+    item_dim: int = 64  # item id embedding width
+    category_dim: int = 32  # genre/category embedding width
+    rating_dim: int = 16  # rating embedding width
+
+    def __post_init__(self) -> None:
+        positive = ("window", "stride", "batch_size", "log_interval", "eval_interval", "save_interval")
+        for name in (*positive, "d_model", "n_layers", "n_heads", "item_dim", "category_dim", "rating_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 1 and self.epochs <= 0:
+            raise ConfigError("set steps >= 1 or epochs > 0")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.warmup < 0 or self.max_users < 0 or self.eval_users < 0:
+            raise ConfigError("warmup, max_users and eval_users must be >= 0")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+
+    @property
+    def resolved_run_dir(self) -> str:
+        """Where logs and resume state go."""
+        if self.run_dir:
+            return self.run_dir
+        name = self.out_dir.rstrip("/").split("/")[-1] or "run"
+        return f"runs/{name}"
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> TrainConfig:
+        """A seconds-long CPU configuration for tests."""
+        base: dict[str, Any] = dict(
+            max_users=12, window=16, stride=16, steps=6, batch_size=8, warmup=2, log_interval=2,
+            eval_interval=3, save_interval=3, d_model=32, n_layers=2, n_heads=4, item_dim=16,
+            category_dim=8, rating_dim=8, dropout=0.0, progress=False,
+        )  # fmt: skip
+        return cls(**(base | overrides))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning of USER-LLM (pretrained encoder + Perceiver + LLM) on the downstream tasks."""
+
+    encoder_dir: str = "checkpoints/encoder"  # pretrained encoder checkpoint (pretrain-encoder output)
+    backbone_dir: str | None = None  # HF causal-LM folder; None = $USERLLM_BACKBONE_DIR
+    mode: Literal["cross_attention", "soft_prompt", "pplug"] = "cross_attention"  # LLM contextualization
+    strategy: Literal["full", "enc", "lora", "proj"] = "enc"  # which parameters train (models/strategies.py)
+    tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review
+    cross_attn_every_n_layers: int = 6  # gated cross-attention before every n-th decoder layer
+    num_user_tokens: int = 16  # Perceiver latents L
+    max_prompt_tokens: int = 48  # instruction prompt length cap (tokens)
+    max_review_tokens: int = 48  # review target length cap (tokens)
+    gen_tokens: int = 32  # tokens generated per review at evaluation
+    backbone_dtype: Literal["float32", "bfloat16"] = "float32"  # backbone weights dtype during training
+    out_dir: str = "checkpoints/userllm"  # USER-LLM checkpoint directory
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup: int = 30
+    log_interval: int = 10
+    eval_interval: int = 100
+    save_interval: int = 100
+    eval_users: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = set(self.task_list) - {"next_item", "favourite_category", "review"}
+        if unknown or not self.task_list:
+            raise ConfigError(f"tasks: unknown {sorted(unknown)}; use next_item, favourite_category, review")
+
+    @property
+    def task_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Offline evaluation and baselines on the leave-last-out split."""
+
+    dataset: str = "movielens-latest"  # data set name (training/data/registry.py)
+    path: str | None = None  # data directory or file; None = the vendored ml-latest-small
+    category: str | None = None  # Amazon category / Google Local state
+    max_users: int = 0  # first N users only (0 = all)
+    checkpoint: str = "checkpoints/encoder"  # encoder or userllm checkpoint directory
+    out_dir: str = "results/eval"  # results.json, results.md, plots
+    split: Literal["test", "valid"] = "test"  # held-out target: last event (test) or the one before
+    batch_size: int = 128  # users per forward pass
+    ks: str = "1,5,10"  # cut-offs of Recall@K (NDCG is reported at the largest)
+    label: str = ""  # name of this run in tables (default: derived from the checkpoint)
+    max_review_examples: int = 64  # users whose review is generated for ROUGE (review task only)
+    seed: int = 1337  # seeds sampling and subsets
+
+    def __post_init__(self) -> None:
+        if not self.k_list or min(self.k_list) < 1:
+            raise ConfigError(f"ks must be positive integers, got {self.ks!r}")
+        if self.batch_size < 1 or self.max_users < 0:
+            raise ConfigError("batch_size must be >= 1 and max_users >= 0")
+
+    @property
+    def k_list(self) -> tuple[int, ...]:
+        try:
+            return tuple(sorted({int(k) for k in self.ks.split(",") if k.strip()}))
+        except ValueError as exc:
+            raise ConfigError(f"ks must be comma-separated integers, got {self.ks!r}") from exc
+
+
+# --- overrides ---
+
+
+def _convert(name: str, raw: str, annotation: Any) -> Any:
+    """Parse `raw` as the field type (bool, int, float, str, Literal, Optional of those)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _convert(name, raw, options[0]) if len(options) == 1 else raw
+    if origin is Literal:
+        if raw not in args:
+            raise ConfigError(f"--{name} must be one of {', '.join(map(str, args))}; got {raw!r}")
+        return raw
+    if annotation is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{name} expects a boolean (true/false), got {raw!r}")
+    if annotation is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"--{name} expects an integer, got {raw!r}") from None
+    if annotation is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"--{name} expects a number, got {raw!r}") from None
+    if annotation is str:
+        return raw
+    raise ConfigError(f"--{name}: unsupported field type {annotation!r}")
+
+
+def parse_overrides(cls: type[C], argv: Sequence[str]) -> dict[str, Any]:
+    """`["--steps=10", "--resume"]` -> {"steps": 10, "resume": True}, checked against `cls`'s fields.
+
+    Raises:
+        ConfigError: an argument not of the form --key=value, an unknown key (with a suggestion),
+            a value of the wrong type, or a bare --key for a non-boolean field.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ConfigError(f"expected --key=value, got {arg!r}")
+        key, sep, raw = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown option --{key}{hint}")
+        if not sep:
+            if hints[key] is not bool:
+                raise ConfigError(f"--{key} needs a value: --{key}=...")
+            raw = "true"
+        out[key] = _convert(key, raw, hints[key])
+    return out
+
+
+def apply_overrides(config: C, argv: Sequence[str]) -> C:
+    """A copy of `config` with the `--key=value` overrides applied (validated by __post_init__)."""
+    try:
+        return dataclasses.replace(config, **parse_overrides(type(config), argv))  # type: ignore[type-var]
+    except TypeError as exc:  # pragma: no cover - parse_overrides already checks the names
+        raise ConfigError(str(exc)) from exc
+
+
+# --- seeding and schedule ---
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python `random`, numpy and torch (CPU and CUDA). Call before building the model."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_lr(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
+    """Learning rate at `step` (0-based): linear warmup to `lr`, cosine decay to `min_lr` at the end.
+
+    `total_steps` defaults to `cfg.steps` (pass the resolved count when training by epochs).
+    """
+    total = cfg.steps if total_steps is None else total_steps
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / (cfg.warmup + 1)
+    if step >= total:
+        return cfg.min_lr
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)  # 0 -> 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)

@@ -1,0 +1,153 @@
+"""The data a training or evaluation job works on: leave-last-out splits, vocabularies, catalogue.
+
+One place turns a config's (dataset, path, category, max_users) into the encoded material every job
+shares, so pretraining, fine-tuning, evaluation and the baselines see the same split and the same ids.
+The catalogue written next to the vocabularies lists every vocabulary item (the service encodes raw
+events with them): title from the data set's item table, categories as the item's events carry them.
+
+Reference: the leave-last-out protocol of SASRec (Kang & McAuley, 2018) as used by USER-LLM
+(arXiv 2402.13598) for next-item prediction; training/data/splits.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.data import (
+    ML_LATEST_SMALL,
+    Dataset,
+    Event,
+    Example,
+    Splits,
+    Vocab,
+    build_vocabs,
+    canonical_name,
+    encode_events,
+    leave_last_out,
+    load_dataset,
+)
+from training.data.vocab import FEATURES
+
+__all__ = ["Corpus", "build_catalogue", "data_fingerprint", "encoded", "git_sha", "load_corpus", "vocabs_from_dict"]
+
+
+@dataclass
+class Corpus:
+    """A loaded data set with its leave-last-out split and the vocabularies built on its train part."""
+
+    dataset: Dataset
+    splits: Splits
+    vocabs: dict[str, Vocab]  # "item", "category", "rating"
+    catalogue: dict[str, dict[str, Any]]  # item id -> {"title", "categories"}, every vocab item
+    data_sha256: str  # fingerprint of the input files
+    data_files: list[str]  # the files hashed
+
+    @property
+    def num_items(self) -> int:
+        """Item vocabulary size V (ids 0 = pad, 1 = unknown, >= 2 the catalogue)."""
+        return len(self.vocabs["item"])
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in ("test", "valid"):
+            raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+        return self.splits.test if split == "test" else self.splits.valid
+
+    def extras(self) -> dict[str, Any]:
+        """Side files of an encoder/userllm checkpoint: vocab.json and catalogue.json."""
+        return {"vocab": {k: v.to_dict() for k, v in self.vocabs.items()}, "catalogue": self.catalogue}
+
+
+# --- helpers ---
+
+
+def git_sha(repo: str | Path | None = None) -> str | None:
+    """HEAD commit of the repository (None outside git or before the first commit)."""
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def data_fingerprint(path: str | Path) -> tuple[str, list[str]]:
+    """sha256 over (relative name, sha256 of bytes) of every file under `path` (or of the file)."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    names = []
+    for file in files:
+        name = file.name if file == root else str(file.relative_to(root))
+        digest.update(name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+        names.append(name)
+    return digest.hexdigest(), names
+
+
+def build_catalogue(dataset: Dataset, timelines: Mapping[str, Sequence[Event]], item_vocab: Vocab) -> dict:
+    """Item id -> {"title", "categories"} for every real token of `item_vocab`.
+
+    Categories are those the item's training events carry (first-seen order, union over events),
+    which is what the encoder saw; the title comes from the item table (None when unknown).
+    """
+    categories: dict[str, dict[str, None]] = {}
+    for events in timelines.values():
+        for event in events:
+            seen = categories.setdefault(event.item, {})
+            for category in event.categories:
+                seen.setdefault(category, None)
+    catalogue = {}
+    for item_id in item_vocab.tokens[2:]:
+        item = dataset.items.get(item_id)
+        catalogue[item_id] = {
+            "title": item.title if item is not None else None,
+            "categories": list(categories.get(item_id, {})),
+        }
+    return catalogue
+
+
+def vocabs_from_dict(data: Mapping[str, Any]) -> dict[str, Vocab]:
+    """The vocabularies stored in a checkpoint's vocab.json."""
+    return {name: Vocab.from_dict(data[name]) for name in FEATURES}
+
+
+def encoded(events: Sequence[Event], vocabs: Mapping[str, Vocab], window: int) -> dict[str, list[Any]]:
+    """The last `window` events encoded for `collate_events`."""
+    return encode_events(list(events)[-window:], vocabs)
+
+
+# --- loading ---
+
+
+def load_corpus(
+    dataset: str,
+    path: str | None = None,
+    *,
+    category: str | None = None,
+    max_users: int = 0,
+    vocabs: Mapping[str, Vocab] | None = None,
+) -> Corpus:
+    """Load, optionally cut to the first `max_users` users, split leave-last-out, build vocabularies.
+
+    Pass `vocabs` (from a checkpoint) to encode with the model's ids instead of rebuilding them.
+    """
+    name = canonical_name(dataset)
+    options: dict[str, Any] = {}
+    if name == "google-local-2021":
+        options["state"] = category
+    else:
+        options["category"] = category
+    data = load_dataset(name, path, **options)
+    if max_users:
+        kept = list(data.timelines)[:max_users]
+        data = Dataset(data.name, {u: data.timelines[u] for u in kept}, data.items, data.skipped, data.counters)
+    splits = leave_last_out(data)
+    vocab_map = dict(vocabs) if vocabs is not None else build_vocabs(splits.train)
+    source = Path(path) if path is not None else ML_LATEST_SMALL
+    sha, files = data_fingerprint(source)
+    catalogue = build_catalogue(data, splits.train, vocab_map["item"])
+    return Corpus(data, splits, vocab_map, catalogue, sha, files)
