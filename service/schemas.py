@@ -84,6 +84,7 @@ class GenerateRequest(Strict):
     task: Literal["genre", "review", "chat"]
     prompt: str | None = Field(None, max_length=4000)
     item_id: str | None = Field(None, min_length=1, max_length=128)
+    rating: float | None = Field(None, ge=0, le=10, description="task 'review': the rating to write for")
     max_new_tokens: int = Field(64, ge=1, le=256)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)

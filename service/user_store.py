@@ -162,7 +162,7 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             up.user_tokens.astype(np.float16).tobytes(),
             b"" if up.state_kv is None else up.state_kv.astype(np.float16).tobytes(),
         ]
-        script(
+        await script(
             keys=[keys.hist(u), keys.evt(u), keys.emb(u), keys.state(u), keys.seen(u), keys.items(u)],
             args=argv,
             client=pipe,

@@ -1,0 +1,213 @@
+"""The PyTorch engine of the generation server: USER-LLM scoring and generation on CPU or CUDA.
+
+`TorchEngine` holds one loaded `PersonalizedLM` (backbone + adapters + heads + user tower) and two
+micro-batchers: one scores next-item / genre prompts for many users in one forward pass, one decodes
+generation requests together with a KV cache (cross-attention keys/values computed once per
+request, in `models.generation`). Everything here runs in the batchers' thread, never on the loop.
+A vLLM engine for GPU deployments is described in docs/serving.md (not implemented yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.backbone import backbone_id, load_backbone
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.generation import SamplingParams, left_pad, stream_generate
+from models.personalized import PersonalizedLM, UserLLMConfig
+from models.prompts import instruction, prompt_ids
+from service.codec import FeatureCodec
+from service.encoding import UserTowerRuntime
+from service.user_store import StoredEvent
+
+SPECIAL_IDS = (0, 1)  # <pad>, <unk>: never recommended, never a genre
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("USERLLM_DEVICE=cuda but CUDA is not available")
+    return device
+
+
+@dataclass
+class UserInput:
+    """The user side of one request: cached (or recomputed) user tokens, or none (cold start)."""
+
+    user_tokens: np.ndarray | None  # (L, Du) float16
+
+    @property
+    def personalized(self) -> bool:
+        return self.user_tokens is not None
+
+
+@dataclass
+class ScoreJob:
+    user: UserInput
+    k: int
+    exclude: set[int] = field(default_factory=set)  # item vocabulary ids not to recommend
+
+
+@dataclass
+class ScoreResult:
+    items: list[tuple[int, float]]  # (item vocabulary id, score) best first
+    categories: list[tuple[int, float]]  # (category vocabulary id, probability) best first
+
+
+@dataclass
+class GenerateJob:
+    user: UserInput
+    prompt: list[int]
+    params: SamplingParams
+    on_text: Callable[[str], None] | None = None  # called from the engine thread with each new piece
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TorchEngine:
+    """One model on one device; thread-confined (the batchers call it one batch at a time)."""
+
+    def __init__(
+        self,
+        model: PersonalizedLM,
+        tokenizer,
+        codec: FeatureCodec,
+        model_version: str,
+        device: str,
+        *,
+        noun: str = "movie",
+        category_noun: str = "genre",
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.model_version = model_version
+        self.device = device
+        self.noun, self.category_noun = noun, category_noun
+        self.tower = UserTowerRuntime(model.tower, codec, model_version, device)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.score_prompt = prompt_ids(tokenizer, instruction("next_item", noun=noun))
+        self.genre_prompt = prompt_ids(tokenizer, instruction("genre", category=category_noun))
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path, backbone_dir: Path, device: str = "auto") -> TorchEngine:
+        device = resolve_device(device)
+        ck = load_checkpoint(checkpoint_dir)
+        config = UserLLMConfig(**ck.config)
+        want = ck.manifest.get("backbone_id")
+        have = backbone_id(backbone_dir)
+        if want and want != have:
+            raise CheckpointError(
+                f"{checkpoint_dir}: trained on backbone {want}, but {backbone_dir} is {have}"
+            )
+        backbone, tokenizer = load_backbone(backbone_dir, device=device)
+        model = PersonalizedLM(config, backbone).to(device)
+        model.load_checkpoint_state(ck)
+        codec = FeatureCodec.from_extras(ck.extras["vocab"], ck.extras["catalogue"])
+        nouns = ck.extras.get("task", {})
+        return cls(
+            model,
+            tokenizer,
+            codec,
+            ck.model_version,
+            device,
+            noun=nouns.get("noun", "movie"),
+            category_noun=nouns.get("category", "genre"),
+        )
+
+    # --- helpers ---
+
+    def _context(self, users: Sequence[UserInput]):
+        """Stack user tokens; rows without tokens get an all-False mask (bare backbone)."""
+        if not any(u.personalized for u in users):
+            return None
+        shape = next(u.user_tokens.shape for u in users if u.user_tokens is not None)
+        tokens = torch.zeros(len(users), *shape)
+        mask = torch.zeros(len(users), shape[0], dtype=torch.bool)
+        for i, u in enumerate(users):
+            if u.user_tokens is not None:
+                tokens[i] = torch.from_numpy(u.user_tokens.astype(np.float32))
+                mask[i] = True
+        return self.model.context_from_tokens(tokens.to(self.device), mask.to(self.device))
+
+    def review_prompt(self, item_id: str, rating: float | None) -> list[int]:
+        return prompt_ids(
+            self.tokenizer, instruction("review", title=self.codec.title(item_id), rating=rating)
+        )
+
+    def chat_prompt(self, text: str) -> list[int]:
+        return prompt_ids(self.tokenizer, instruction("chat", prompt=text))
+
+    # --- batch functions (engine thread) ---
+
+    @torch.inference_mode()
+    def encode_histories(self, histories: list[list[StoredEvent]]) -> list[np.ndarray]:
+        """Recompute user tokens from stored histories (cache miss or other model_version)."""
+        return [e.user_tokens for e in self.tower.encode_full(histories)]
+
+    @torch.inference_mode()
+    def score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+        ids, mask = left_pad([self.score_prompt] * len(jobs), pad_token_id=self.pad_id)
+        item_logits, cat_logits = self.model.score(
+            ids.to(self.device), mask.to(self.device), self._context([j.user for j in jobs])
+        )
+        item_logits[:, list(SPECIAL_IDS)] = float("-inf")
+        cat_probs = cat_logits.float()
+        cat_probs[:, list(SPECIAL_IDS)] = float("-inf")
+        cat_probs = cat_probs.softmax(-1)
+        results = []
+        for i, job in enumerate(jobs):
+            row = item_logits[i].float().clone()
+            if job.exclude:
+                row[torch.tensor(sorted(job.exclude), device=row.device)] = float("-inf")
+            k = min(job.k, int(torch.isfinite(row).sum()))
+            top = row.topk(k)
+            cats = cat_probs[i].topk(min(3, cat_probs.shape[1] - len(SPECIAL_IDS)))
+            results.append(
+                ScoreResult(
+                    list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
+                    list(zip(cats.indices.tolist(), cats.values.tolist(), strict=True)),
+                )
+            )
+        return results
+
+    @torch.inference_mode()
+    def generate_batch(self, jobs: list[GenerateJob]) -> list[GenerateResult]:
+        ids, mask = left_pad([j.prompt for j in jobs], pad_token_id=self.pad_id)
+        tokens: list[list[int]] = [[] for _ in jobs]
+        sent = [""] * len(jobs)
+        for step in stream_generate(
+            self.model.llm,
+            ids.to(self.device),
+            mask.to(self.device),
+            user_context=self._context([j.user for j in jobs]),
+            params=[j.params for j in jobs],
+            pad_token_id=self.pad_id,
+        ):
+            for i, tok in enumerate(step):
+                if tok is None:
+                    continue
+                tokens[i].append(tok)
+                if jobs[i].on_text is not None:
+                    text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
+                    if len(text) > len(sent[i]) and not text.endswith("\ufffd"):
+                        jobs[i].on_text(text[len(sent[i]) :])
+                        sent[i] = text
+        out = []
+        for i, job in enumerate(jobs):
+            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
+            if job.on_text is not None and len(text) > len(sent[i]):
+                job.on_text(text[len(sent[i]) :])
+            out.append(GenerateResult(text.strip(), len(job.prompt), len(tokens[i])))
+        return out

@@ -1,0 +1,259 @@
+"""Generation server (`python -m service.generator`): USER-LLM behind /v1/recommend and /v1/generate.
+
+Reads user tokens from Redis; tokens of another `model_version` are never used (the user's stored
+history is re-encoded instead); users with no events get a non-personalized answer. Concurrent
+requests are batched (`MicroBatcher`) and run off the event loop. CUDA when present, else CPU.
+
+Based on: vLLM `entrypoints/openai/api_server.py` (engine built in the lifespan, 503 when it is dead),
+polar's app factory with a typed lifespan state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypedDict
+
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from prometheus_client import make_asgi_app
+
+from models.generation import SamplingParams
+from service import metrics
+from service.batching import MicroBatcher
+from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine, UserInput
+from service.errors import EngineUnavailable, ItemNotFound, install_error_handlers
+from service.keys import Keys
+from service.redis_conn import create_redis
+from service.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+)
+from service.settings import Settings, get_settings
+from service.sse import sse
+from service.user_store import read_history, read_seen_items, read_tokens
+
+log = logging.getLogger("userllm.generator")
+
+
+class State(TypedDict):
+    settings: Settings
+    redis: aioredis.Redis
+    keys: Keys
+    engine: TorchEngine
+    scorer: MicroBatcher[ScoreJob, ScoreResult]
+    decoder: MicroBatcher[GenerateJob, GenerateResult]
+    encoder: MicroBatcher[list[Any], Any]
+
+
+def create_app(settings: Settings | None = None, engine: TorchEngine | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        if not settings.redis_url:
+            raise RuntimeError(
+                "USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)"
+            )
+        eng = engine or await asyncio.to_thread(
+            TorchEngine.load, settings.userllm_checkpoint, settings.resolved_backbone_dir, settings.device
+        )
+        redis = create_redis(settings.redis_url, "generator")
+        batch = dict(
+            max_batch=settings.max_batch_size, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue
+        )
+        scorer = MicroBatcher(eng.score_batch, name="score", **batch)
+        decoder = MicroBatcher(eng.generate_batch, name="generate", **batch)
+        encoder = MicroBatcher(eng.encode_histories, name="encode", **batch)
+        await asyncio.to_thread(eng.score_batch, [ScoreJob(UserInput(None), k=1)])  # warm-up
+        for b in (scorer, decoder, encoder):
+            b.start()
+        log.info("generator ready: model_version %s on %s", eng.model_version, eng.device)
+        try:
+            yield State(
+                settings=settings,
+                redis=redis,
+                keys=Keys(settings.key_prefix, settings.num_shards),
+                engine=eng,
+                scorer=scorer,
+                decoder=decoder,
+                encoder=encoder,
+            )  # type: ignore[arg-type]
+        finally:
+            for b in (scorer, decoder, encoder):
+                await b.stop()
+            await redis.aclose()
+
+    app = FastAPI(title="USER-LLM generation server", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.middleware("http")(metrics.request_metrics_middleware("generator"))
+    app.mount("/metrics", make_asgi_app())
+    _routes(app)
+    return app
+
+
+async def get_state(request: Request) -> State:
+    return request.state._state  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | None]:
+    """Cached user tokens of the loaded model_version, else recomputed from history, else cold start."""
+    engine = state["engine"]
+    cached = await read_tokens(state["redis"], state["keys"], user_id)
+    if cached is not None and cached.model_version == engine.model_version:
+        metrics.CACHE_HITS.inc()
+        return UserInput(cached.user_tokens), cached.updated_at
+    history = await read_history(state["redis"], state["keys"], user_id)
+    if not history:
+        metrics.CACHE_MISSES.labels("no_events").inc()
+        return UserInput(None), None
+    metrics.CACHE_MISSES.labels("model_version" if cached is not None else "missing").inc()
+    tokens = await state["encoder"].submit(history)
+    return UserInput(tokens), time.time()
+
+
+def _routes(app: FastAPI) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(state: StateDep) -> dict[str, str]:
+        try:
+            await state["redis"].ping()
+        except Exception as exc:
+            raise EngineUnavailable(f"redis unreachable: {exc}") from exc
+        if not (state["scorer"].alive and state["decoder"].alive):
+            raise EngineUnavailable("engine batchers are not running")
+        return {"status": "ready", "model_version": state["engine"].model_version}
+
+    @app.get("/v1/info")
+    async def info(state: StateDep) -> dict[str, Any]:
+        engine = state["engine"]
+        return {
+            "model_version": engine.model_version,
+            "device": engine.device,
+            "mode": engine.model.config.llm.mode,
+            "items": engine.codec.item_tokens[2:],
+        }
+
+    @app.post("/v1/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest, state: StateDep) -> RecommendResponse:
+        engine = state["engine"]
+        user, updated_at = await resolve_user(state, body.user_id)
+        exclude: set[int] = set()
+        if body.exclude_seen:
+            seen = await read_seen_items(state["redis"], state["keys"], body.user_id)
+            exclude = {engine.codec.items[i] for i in seen if i in engine.codec.items}
+        result = await state["scorer"].submit(ScoreJob(user, k=body.k, exclude=exclude))
+        items = [
+            RecommendedItem(
+                item_id=(iid := engine.codec.item_tokens[idx]),
+                title=engine.codec.title(iid),
+                score=score,
+                rank=rank + 1,
+            )
+            for rank, (idx, score) in enumerate(result.items)
+        ]
+        return RecommendResponse(
+            user_id=body.user_id,
+            items=items,
+            personalized=user.personalized,
+            model_version=engine.model_version,
+            updated_at=updated_at,
+        )
+
+    @app.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(body: GenerateRequest, state: StateDep) -> Any:
+        engine = state["engine"]
+        if body.item_id is not None and not engine.codec.known(body.item_id):
+            raise ItemNotFound(f"item_id {body.item_id!r} is not in the catalogue of {engine.model_version}")
+        user, updated_at = await resolve_user(state, body.user_id)
+        info = dict(
+            user_id=body.user_id,
+            task=body.task,
+            personalized=user.personalized,
+            model_version=engine.model_version,
+            updated_at=updated_at,
+        )
+        if body.task == "genre":
+            scored = await state["scorer"].submit(ScoreJob(user, k=1))
+            genres = [(engine.codec.category_tokens[i], p) for i, p in scored.categories]
+            return GenerateResponse(
+                **info,
+                text=genres[0][0],
+                genres=genres,
+                prompt_tokens=len(engine.genre_prompt),
+                completion_tokens=0,
+            )
+        prompt = (
+            engine.review_prompt(body.item_id, body.rating)
+            if body.task == "review"
+            else engine.chat_prompt(body.prompt or "")
+        )
+        params = SamplingParams(
+            max_new_tokens=min(body.max_new_tokens, state["settings"].max_new_tokens_limit),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+        )
+        if not body.stream:
+            result = await state["decoder"].submit(GenerateJob(user, prompt, params))
+            metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+            return GenerateResponse(
+                **info,
+                text=result.text,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+            )
+        return StreamingResponse(
+            _stream(state, GenerateJob(user, prompt, params), info), media_type="text/event-stream"
+        )
+
+
+async def _stream(state: State, job: GenerateJob, info: dict[str, Any]) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    job.on_text = lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece)
+    task = asyncio.create_task(state["decoder"].submit(job))
+    while not (task.done() and queue.empty()):
+        try:
+            yield sse({"text": await asyncio.wait_for(queue.get(), 0.05)})
+        except TimeoutError:
+            continue
+    try:
+        result = task.result()
+    except Exception as exc:
+        yield sse({"error": type(exc).__name__, "detail": str(exc)}, event="error")
+        return
+    metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+    body = GenerateResponse(
+        **info,
+        text=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
+    yield sse(body.model_dump(), event="done")
+
+
+def main() -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    port = settings.port if settings.port != 8000 else 8001
+    uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

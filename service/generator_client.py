@@ -1,0 +1,90 @@
+"""The gateway's client of the generation server: httpx with timeouts and connection retries.
+
+Connection failures become `EngineUnavailable` (503 + Retry-After); error envelopes from the
+generator are passed through with their status code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from service.errors import EngineUnavailable, ServiceError
+
+
+class UpstreamError(ServiceError):
+    """An error envelope returned by the generation server, re-raised with its own name."""
+
+    def __init__(self, status_code: int, body: dict[str, Any], headers: dict[str, str]):
+        super().__init__(str(body.get("detail", body)), status_code, headers=headers)
+        self.name = str(body.get("error", "UpstreamError"))
+        self.body = body
+
+
+class GeneratorClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        retries: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        transport = transport or httpx.AsyncHTTPTransport(retries=retries)
+        timeout = httpx.Timeout(timeout_s, connect=2.0)
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": "UpstreamError", "detail": response.text[:500]}
+        headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+        raise UpstreamError(response.status_code, body, headers)
+
+    async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._client.post(path, json=payload)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            raise EngineUnavailable(f"generation server unreachable: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise EngineUnavailable(f"generation server timed out: {exc}") from exc
+        self._raise_for(response)
+        return response.json()  # type: ignore[no-any-return]
+
+    async def get(self, path: str) -> dict[str, Any]:
+        try:
+            response = await self._client.get(path, timeout=5.0)
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"generation server unreachable: {exc}") from exc
+        self._raise_for(response)
+        return response.json()  # type: ignore[no-any-return]
+
+    async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Open an SSE stream; errors before the first byte raise, later ones end the stream."""
+        request = self._client.build_request("POST", path, json=payload)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"generation server unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            self._raise_for(response)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+
+        return body()

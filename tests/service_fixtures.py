@@ -1,0 +1,79 @@
+"""Builders for service tests: an untrained tiny USER-LLM checkpoint made by the same code path as
+training (`PersonalizedLM.checkpoint_state` + `save_checkpoint`), on a tiny Llama that uses the real
+SmolLM2 tokenizer, saved as a Hugging Face folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.backbone import backbone_id, tiny_llama
+from models.checkpoint import save_checkpoint
+from models.event_embedding import FeatureConfig
+from models.perceiver import PerceiverConfig
+from models.personalized import PersonalizedLM, UserLLMConfig
+from models.user_encoder import UserEncoderConfig
+from models.user_tower import UserTowerConfig
+from models.userllm import LLMAdapterConfig
+
+GENRES = ["Action", "Comedy", "Drama"]
+NUM_ITEMS = 40
+WINDOW = 16
+
+
+def vocab_and_catalogue() -> tuple[dict, dict]:
+    items = [str(i) for i in range(1, NUM_ITEMS + 1)]
+    vocab = {
+        "item": {"pad": "<pad>", "unk": "<unk>", "tokens": items},
+        "category": {"pad": "<pad>", "unk": "<unk>", "tokens": GENRES},
+        "rating": {"pad": "<pad>", "unk": "<unk>", "tokens": [f"{r:.1f}" for r in (1, 2, 3, 4, 5)]},
+    }
+    catalogue = {i: {"title": f"Movie {i}", "categories": [GENRES[int(i) % 3]]} for i in items}
+    return vocab, catalogue
+
+
+def tiny_config() -> UserLLMConfig:
+    features = (
+        FeatureConfig("item", NUM_ITEMS + 2, False, 16),
+        FeatureConfig("category", len(GENRES) + 2, True, 8),
+        FeatureConfig("rating", 7, False, 8),
+    )
+    encoder = UserEncoderConfig(
+        features=features, d_model=32, n_layers=2, n_heads=4, window=WINDOW, dropout=0.0
+    )
+    tower = UserTowerConfig(encoder=encoder, perceiver=PerceiverConfig.tiny())
+    return UserLLMConfig(
+        tower=tower, llm=LLMAdapterConfig.tiny(), num_items=NUM_ITEMS + 2, num_categories=len(GENRES) + 2
+    )
+
+
+def build_tiny_stack(
+    root: Path, tokenizer_dir: Path, *, seed: int = 0, gate: float = 0.5
+) -> tuple[Path, Path]:
+    """Write `root/backbone` (tiny Llama + real tokenizer) and `root/userllm` (checkpoint)."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    backbone = tiny_llama(vocab_size=len(tokenizer), num_layers=2)
+    backbone.config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    backbone.config.pad_token_id = tokenizer.pad_token_id or 0
+    backbone.save_pretrained(root / "backbone")
+    tokenizer.save_pretrained(root / "backbone")
+    model = PersonalizedLM(tiny_config(), backbone)
+    with torch.no_grad():  # open the gates: an untrained model whose answers still depend on the user
+        for block in model.llm.cross_attn_blocks():
+            block.attn_gate.fill_(gate)
+            block.ff_gate.fill_(gate)
+    vocab, catalogue = vocab_and_catalogue()
+    save_checkpoint(
+        root / "userllm",
+        model.checkpoint_state(),
+        config=model.config.to_dict(),
+        kind="userllm",
+        trainable_only=True,
+        manifest={"backbone_id": backbone_id(root / "backbone"), "seed": seed},
+        extras={"vocab": vocab, "catalogue": catalogue},
+    )
+    return root / "backbone", root / "userllm"

@@ -1,0 +1,332 @@
+"""Every route and error of the gateway and the generation server, in process (httpx ASGITransport),
+against a real Redis and a tiny untrained USER-LLM checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from llm_fixtures import real_backbone_dir  # noqa: F401
+from service_fixtures import GENRES, build_tiny_stack
+
+from service import gateway, generator
+from service.encoding import UserTowerRuntime
+from service.keys import Keys
+from service.redis_conn import create_redis
+from service.settings import Settings
+from service.streams import ensure_groups, read_new
+from service.worker import EncoderWorker
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(tmp_path_factory, real_backbone_dir):  # noqa: F811
+    return build_tiny_stack(tmp_path_factory.mktemp("stack"), real_backbone_dir)
+
+
+@pytest.fixture
+def settings(tiny_stack, redis_url, key_prefix, clean_redis) -> Settings:
+    backbone, ckpt = tiny_stack
+    return Settings(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        num_shards=2,
+        backbone_dir=backbone,
+        checkpoint_dir=ckpt.parent,
+        device="cpu",
+        max_wait_ms=2,
+    )
+
+
+@pytest.fixture
+async def api(settings):
+    """(gateway client, generator client, apply_events()) wired in process."""
+    gen_app = generator.create_app(settings)
+    async with LifespanManager(gen_app) as gen:
+        transport = httpx.ASGITransport(app=gen.app)
+        gw_app = gateway.create_app(settings, generator_transport=transport)
+        async with LifespanManager(gw_app) as gw:
+            redis = create_redis(settings.redis_url, "test")
+            keys = Keys(settings.key_prefix, settings.num_shards)
+            await ensure_groups(redis, keys)
+            runtime = UserTowerRuntime.from_checkpoint(settings.userllm_checkpoint)
+            worker = EncoderWorker(redis, keys, runtime, consumer="test", block_ms=10)
+
+            async def apply_events() -> None:
+                while batch := await read_new(redis, keys, "test", count=500, block_ms=10):
+                    await worker.process(batch)
+
+            async with (
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw") as client,
+                httpx.AsyncClient(transport=transport, base_url="http://gen") as gen_client,
+            ):
+                yield client, gen_client, apply_events, (redis, keys)
+            await redis.aclose()
+
+
+def events(user: str, items: list[int], start: float = 1000.0) -> dict:
+    return {
+        "events": [
+            {"user_id": user, "item_id": i, "timestamp": start + n, "rating": 4.5}
+            for n, i in enumerate(items)
+        ]
+    }
+
+
+def assert_envelope(resp: httpx.Response, status: int, error: str) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == error and body["detail"], body
+    return body
+
+
+async def test_health_ready_metrics_docs(api) -> None:
+    client, gen, *_ = api
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["model_version"].startswith("userllm-")
+    assert (await gen.get("/readyz")).status_code == 200
+    await client.post("/recommend", json={"user_id": "m1"})
+    text = (await client.get("/metrics/")).text
+    assert 'userllm_request_duration_seconds_count{method="POST",route="/recommend"' in text
+    assert "/healthz" not in text.split("userllm_request_duration_seconds_count")[1].split("\n")[0]
+    assert (await client.get("/openapi.json")).json()["paths"].keys() >= {
+        "/events",
+        "/recommend",
+        "/generate",
+    }
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_events_accepted_and_applied(api) -> None:
+    client, _, apply_events, (redis, keys) = api
+    single = await client.post("/events", json={"user_id": "u1", "item_id": 3, "timestamp": 10, "rating": 4})
+    assert single.status_code == 202 and single.json() == {"accepted": 1, "unknown_items": 0, "duplicates": 0}
+    batch = await client.post("/events", json=events("u1", [5, 7, 999999]))
+    assert batch.json() == {"accepted": 3, "unknown_items": 1, "duplicates": 0}
+    await apply_events()
+    user = (await client.get("/users/u1")).json()
+    assert user["events_seen"] == 4 and user["unknown_items"] == 1 and user["embedding_n_events"] == 4
+    assert user["embedding_model_version"].startswith("userllm-") and user["embedding_age_s"] >= 0
+    again = await client.post(
+        "/events",
+        json={
+            "events": [
+                {"user_id": "u1", "item_id": 8, "timestamp": 20, "rating": 3, "event_id": "x1"},
+                {"user_id": "u1", "item_id": 8, "timestamp": 20, "rating": 3, "event_id": "x1"},
+            ]
+        },
+    )
+    assert again.json() == {"accepted": 1, "unknown_items": 0, "duplicates": 1}
+
+
+async def test_an_invalid_event_rejects_the_whole_batch(api) -> None:
+    client, _, _, (redis, keys) = api
+    bad = events("u2", [1, 2, 3])
+    bad["events"][1]["timestamp"] = -5
+    body = assert_envelope(await client.post("/events", json=bad), 422, "ValidationError")
+    assert body["fields"][0]["field"] == "events.1.timestamp"
+    assert sum([await redis.xlen(s) for s in keys.streams()]) == 0
+    no_rating = {"user_id": "u2", "item_id": 1, "timestamp": 1}
+    assert (
+        "rating"
+        in assert_envelope(await client.post("/events", json=no_rating), 422, "ValidationError")["detail"]
+    )
+    too_many = events("u2", list(range(1001)))
+    assert (
+        assert_envelope(await client.post("/events", json=too_many), 422, "ValidationError")["fields"][0][
+            "field"
+        ]
+        == "events"
+    )
+    extra = {"user_id": "u2", "item_id": 1, "timestamp": 1, "rating": 3, "colour": "red"}
+    assert (
+        assert_envelope(await client.post("/events", json=extra), 422, "ValidationError")["fields"][0][
+            "field"
+        ]
+        == "colour"
+    )
+    garbage = await client.post("/events", content=b"{not json", headers={"content-type": "application/json"})
+    assert_envelope(garbage, 422, "ValidationError")
+
+
+async def test_recommend_cold_start_then_personalized_and_exclude_seen(api) -> None:
+    client, _, apply_events, _ = api
+    cold = (await client.post("/recommend", json={"user_id": "u3", "k": 5})).json()
+    assert cold["personalized"] is False and len(cold["items"]) == 5 and cold["updated_at"] is None
+    await client.post("/events", json=events("u3", [1, 2, 3, 4, 5, 6]))
+    await apply_events()
+    warm = (await client.post("/recommend", json={"user_id": "u3", "k": 40, "exclude_seen": True})).json()
+    assert warm["personalized"] is True and warm["updated_at"] is not None
+    ids = [i["item_id"] for i in warm["items"]]
+    assert not {"1", "2", "3", "4", "5", "6"} & set(ids) and len(ids) == 34  # 40 items - 6 seen
+    assert [i["rank"] for i in warm["items"]] == list(range(1, 35))
+    assert warm["items"][0]["title"] == f"Movie {ids[0]}"
+    scores = [i["score"] for i in warm["items"]]
+    assert scores == sorted(scores, reverse=True)
+    cold_scores = {i["item_id"]: i["score"] for i in cold["items"]}
+    assert any(
+        abs(cold_scores[i["item_id"]] - i["score"]) > 1e-4
+        for i in warm["items"]
+        if i["item_id"] in cold_scores
+    )
+    with_seen = (
+        await client.post("/recommend", json={"user_id": "u3", "k": 40, "exclude_seen": False})
+    ).json()
+    assert len(with_seen["items"]) == 40
+
+
+async def test_recommend_validation(api) -> None:
+    client, *_ = api
+    for body, field in [
+        ({"user_id": "u", "k": 0}, "k"),
+        ({"user_id": "u", "k": 101}, "k"),
+        ({"k": 3}, "user_id"),
+        ({"user_id": "a b"}, "user_id"),
+    ]:
+        got = assert_envelope(await client.post("/recommend", json=body), 422, "ValidationError")
+        assert got["fields"][0]["field"] == field
+
+
+async def test_stale_model_version_is_recomputed_not_served(api) -> None:
+    client, gen, apply_events, (redis, keys) = api
+    await client.post("/events", json=events("u4", [1, 2, 3]))
+    await apply_events()
+    fresh = (await client.post("/recommend", json={"user_id": "u4", "k": 5})).json()
+    await redis.hset(keys.emb("u4"), mapping={"model_version": "userllm-000000000000"})
+    stale = (await client.post("/recommend", json={"user_id": "u4", "k": 5})).json()
+    assert stale["personalized"] is True
+    assert [i["item_id"] for i in stale["items"]] == [i["item_id"] for i in fresh["items"]]
+    assert 'userllm_cache_misses_total{reason="model_version"}' in (await gen.get("/metrics/")).text
+
+
+async def test_generate_tasks(api) -> None:
+    client, _, apply_events, _ = api
+    await client.post("/events", json=events("u5", [3, 6, 9]))
+    await apply_events()
+    genre = (await client.post("/generate", json={"user_id": "u5", "task": "genre"})).json()
+    assert genre["text"] in GENRES and genre["personalized"] is True
+    assert abs(sum(p for _, p in genre["genres"]) - 1.0) < 1e-3
+    review = (
+        await client.post(
+            "/generate",
+            json={
+                "user_id": "u5",
+                "task": "review",
+                "item_id": 4,
+                "rating": 5,
+                "max_new_tokens": 6,
+                "temperature": 0,
+            },
+        )
+    ).json()
+    assert review["completion_tokens"] <= 6 and review["prompt_tokens"] > 5 and "text" in review
+    chat = await client.post(
+        "/generate",
+        json={
+            "user_id": "nobody",
+            "task": "chat",
+            "prompt": "Hi",
+            "max_new_tokens": 4,
+            "temperature": 0.8,
+            "seed": 3,
+        },
+    )
+    assert chat.status_code == 200 and chat.json()["personalized"] is False
+    same = await client.post(
+        "/generate",
+        json={
+            "user_id": "nobody",
+            "task": "chat",
+            "prompt": "Hi",
+            "max_new_tokens": 4,
+            "temperature": 0.8,
+            "seed": 3,
+        },
+    )
+    assert same.json()["text"] == chat.json()["text"]
+
+
+async def test_generate_errors(api) -> None:
+    client, *_ = api
+    body = assert_envelope(
+        await client.post("/generate", json={"user_id": "u", "task": "review"}), 422, "ValidationError"
+    )
+    assert "item_id" in body["detail"]
+    assert_envelope(
+        await client.post("/generate", json={"user_id": "u", "task": "chat"}), 422, "ValidationError"
+    )
+    assert_envelope(
+        await client.post("/generate", json={"user_id": "u", "task": "poem"}), 422, "ValidationError"
+    )
+    for field, value in [("temperature", -1), ("top_p", 0), ("max_new_tokens", 1000)]:
+        got = assert_envelope(
+            await client.post("/generate", json={"user_id": "u", "task": "genre", field: value}),
+            422,
+            "ValidationError",
+        )
+        assert got["fields"][0]["field"] == field
+    assert_envelope(
+        await client.post("/generate", json={"user_id": "u", "task": "review", "item_id": "nope"}),
+        404,
+        "ItemNotFound",
+    )
+
+
+async def test_generate_streams_server_sent_events(api) -> None:
+    client, *_ = api
+    async with client.stream(
+        "POST",
+        "/generate",
+        json={
+            "user_id": "u6",
+            "task": "chat",
+            "prompt": "Hello",
+            "max_new_tokens": 5,
+            "temperature": 0,
+            "stream": True,
+        },
+    ) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        raw = (await resp.aread()).decode()
+    frames = [f for f in raw.split("\n\n") if f.strip()]
+    assert frames[-1].startswith("event: done")
+    done = json.loads(frames[-1].split("data: ", 1)[1])
+    pieces = "".join(json.loads(f.split("data: ", 1)[1])["text"] for f in frames[:-1])
+    assert pieces.strip() == done["text"] and done["completion_tokens"] <= 5
+
+
+async def test_users_and_unknown_routes(api) -> None:
+    client, *_ = api
+    assert_envelope(await client.get("/users/ghost"), 404, "UserNotFound")
+    assert_envelope(await client.get("/nope"), 404, "NotFound")
+    assert_envelope(await client.get("/events"), 405, "MethodNotAllowed")
+
+
+async def test_generation_server_down_gives_503_with_retry_after(settings) -> None:
+    down = settings.model_copy(update={"generator_url": "http://127.0.0.1:9", "generator_retries": 0})
+    async with LifespanManager(gateway.create_app(down)) as gw:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gw.app), base_url="http://gw"
+        ) as client:
+            resp = await client.post("/recommend", json={"user_id": "u"})
+            assert_envelope(resp, 503, "EngineUnavailable")
+            assert int(resp.headers["retry-after"]) > 0
+            assert_envelope(await client.get("/readyz"), 503, "EngineUnavailable")
+            accepted = await client.post("/events", json=events("u", [1]))
+            assert accepted.status_code == 202  # ingestion does not need the generator
+            assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_redis_down_gives_503(settings) -> None:
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+    async with LifespanManager(gateway.create_app(down)) as gw:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gw.app), base_url="http://gw"
+        ) as client:
+            assert_envelope(await client.get("/readyz"), 503, "StoreUnavailable")
+            assert_envelope(await client.post("/events", json=events("u", [1])), 503, "StoreUnavailable")

@@ -1,0 +1,178 @@
+"""Encoder worker against a real Redis: tokens appear, incremental == full recompute, crashes lose
+nothing and apply nothing twice, stale model versions are recomputed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from llm_fixtures import real_backbone_dir  # noqa: F401
+from service_fixtures import WINDOW, build_tiny_stack
+
+from service.encoding import UserTowerRuntime
+from service.keys import Keys
+from service.redis_conn import create_redis
+from service.schemas import EventIn
+from service.streams import ensure_groups, publish, read_new, read_own_pending
+from service.user_store import read_history, read_tokens
+from service.worker import EncoderWorker
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(tmp_path_factory, real_backbone_dir):  # noqa: F811
+    return build_tiny_stack(tmp_path_factory.mktemp("stack"), real_backbone_dir)
+
+
+@pytest.fixture
+def runtime(tiny_stack) -> UserTowerRuntime:
+    return UserTowerRuntime.from_checkpoint(tiny_stack[1])
+
+
+@pytest.fixture
+async def ctx(redis_url, key_prefix, clean_redis, runtime):
+    redis = create_redis(redis_url, "test")
+    keys = Keys(prefix=key_prefix, num_shards=2)
+    await ensure_groups(redis, keys)
+    yield redis, keys, runtime
+    await redis.aclose()
+
+
+def ev(user: str, item: int, ts: float, **kw) -> EventIn:
+    return EventIn(user_id=user, item_id=str(item), timestamp=ts, rating=kw.pop("rating", 4.0), **kw)
+
+
+async def drain(worker: EncoderWorker) -> int:
+    n = 0
+    while batch := await read_new(
+        worker.redis, worker.keys, worker.consumer, count=worker.batch, block_ms=10
+    ):
+        n += await worker.process(batch)
+    return n
+
+
+def worker_for(ctx, name: str = "w1", batch: int = 256) -> EncoderWorker:
+    redis, keys, runtime = ctx
+    return EncoderWorker(redis, keys, runtime, consumer=name, batch=batch, block_ms=10, claim_idle_ms=100)
+
+
+async def test_events_become_user_tokens(ctx) -> None:
+    redis, keys, runtime = ctx
+    await publish(
+        redis, keys, [ev("alice", i, 100 + i) for i in range(1, 6)] + [ev("bob", 7, 5)], maxlen=10_000
+    )
+    assert await drain(worker_for(ctx)) == 2
+    alice = await read_tokens(redis, keys, "alice")
+    assert alice is not None and alice.user_tokens.shape == (16, 32) and alice.user_tokens.dtype == np.float16
+    assert alice.model_version == runtime.model_version and alice.n_events == 5
+    bob = await read_tokens(redis, keys, "bob")
+    assert not np.array_equal(alice.user_tokens, bob.user_tokens)
+    assert [e.item_id for e in await read_history(redis, keys, "alice")] == ["1", "2", "3", "4", "5"]
+
+
+async def test_incremental_updates_equal_a_full_recompute(ctx) -> None:
+    redis, keys, runtime = ctx
+    worker = worker_for(ctx)
+    for step in range(4):  # 4 micro-batches of 3 events: the first full, then incremental
+        await publish(
+            redis,
+            keys,
+            [ev("carol", 10 + 3 * step + j, 1000 + 3 * step + j) for j in range(3)],
+            maxlen=10_000,
+        )
+        await drain(worker)
+    cached = await read_tokens(redis, keys, "carol")
+    history = await read_history(redis, keys, "carol")
+    assert len(history) == 12 <= WINDOW
+    full = runtime.encode_full([history])[0]
+    np.testing.assert_allclose(
+        cached.user_tokens.astype(np.float32), full.user_tokens.astype(np.float32), rtol=0, atol=2e-2
+    )  # fp16 storage of state and tokens
+    from service import metrics
+
+    assert metrics.WORKER_UPDATES.labels("incremental")._value.get() >= 3
+
+
+async def test_out_of_order_and_window_overflow_fall_back_to_full_recompute(ctx) -> None:
+    redis, keys, runtime = ctx
+    worker = worker_for(ctx)
+    await publish(redis, keys, [ev("dan", i, 100 + i) for i in range(1, 6)], maxlen=10_000)
+    await drain(worker)
+    await publish(redis, keys, [ev("dan", 30, 50)], maxlen=10_000)  # older than everything seen
+    await drain(worker)
+    history = await read_history(redis, keys, "dan")
+    assert history[0].item_id == "30"
+    cached = await read_tokens(redis, keys, "dan")
+    np.testing.assert_allclose(
+        cached.user_tokens.astype(np.float32),
+        runtime.encode_full([history])[0].user_tokens.astype(np.float32),
+        atol=1e-3,
+    )
+    await publish(redis, keys, [ev("dan", 1 + i % 40, 200 + i) for i in range(WINDOW + 5)], maxlen=10_000)
+    await drain(worker)
+    history = await read_history(redis, keys, "dan")
+    cached = await read_tokens(redis, keys, "dan")
+    assert cached.n_events == WINDOW and len(history) == 6 + WINDOW + 5
+    np.testing.assert_allclose(
+        cached.user_tokens.astype(np.float32),
+        runtime.encode_full([history])[0].user_tokens.astype(np.float32),
+        atol=1e-3,
+    )
+
+
+async def test_crash_between_write_and_ack_applies_nothing_twice(ctx, monkeypatch) -> None:
+    redis, keys, _ = ctx
+    await publish(redis, keys, [ev("erin", i, i, event_id=f"e{i}") for i in range(1, 9)], maxlen=10_000)
+    crashing = worker_for(ctx, "w-dead", batch=5)
+
+    async def boom(*_a, **_k):
+        raise ConnectionError("killed before XACK")
+
+    monkeypatch.setattr("service.worker.ack", boom)
+    batch = await read_new(redis, keys, "w-dead", count=5, block_ms=10)
+    with pytest.raises(ConnectionError):
+        await crashing.process(batch)  # written, never acknowledged
+    monkeypatch.undo()
+    restarted = worker_for(ctx, "w-dead", batch=5)
+    pending = await read_own_pending(redis, keys, "w-dead", count=100)
+    assert len(pending) == 5
+    await restarted.process(pending)
+    await drain(restarted)
+    seen = await redis.hgetall(keys.seen("erin"))
+    assert int(seen[b"n_events"]) == 8
+    assert [e.item_id for e in await read_history(redis, keys, "erin")] == [str(i) for i in range(1, 9)]
+    assert await read_own_pending(redis, keys, "w-dead", count=100) == []
+
+
+async def test_a_dead_workers_entries_are_claimed(ctx) -> None:
+    import asyncio
+
+    redis, keys, _ = ctx
+    await publish(redis, keys, [ev("fay", i, i) for i in range(1, 4)], maxlen=10_000)
+    assert len(await read_new(redis, keys, "w-gone", count=10, block_ms=10)) == 3  # delivered, then it dies
+    alive = worker_for(ctx, "w-alive")
+    stop = asyncio.Event()
+    task = asyncio.create_task(alive.run(stop))
+    for _ in range(100):
+        if await read_tokens(redis, keys, "fay") is not None:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    assert (await read_tokens(redis, keys, "fay")).n_events == 3
+
+
+async def test_tokens_of_another_model_version_are_recomputed(ctx) -> None:
+    redis, keys, runtime = ctx
+    await publish(redis, keys, [ev("gus", i, i) for i in range(1, 4)], maxlen=10_000)
+    await drain(worker_for(ctx))
+    await redis.hset(keys.emb("gus"), mapping={"model_version": "userllm-older"})
+    await redis.hset(keys.state("gus"), mapping={"model_version": "userllm-older"})
+    await publish(redis, keys, [ev("gus", 9, 10)], maxlen=10_000)
+    await drain(worker_for(ctx))
+    cached = await read_tokens(redis, keys, "gus")
+    assert cached.model_version == runtime.model_version and cached.n_events == 4
+    state = await redis.hget(keys.state("gus"), "keys")
+    assert len(json.loads(state)) == 4
