@@ -26,14 +26,17 @@ def instruction(
     noun: str = "movie",
     category: str = "genre",
     title: str = "",
-    rating: float | str = "",
+    rating: float | str | None = "",
     prompt: str = "",
     history: str | None = None,
 ) -> str:
     """The user message of a task; `history` (text-prompt baseline) is prepended when given."""
     if task not in _INSTRUCTIONS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    text = _INSTRUCTIONS[task].format(noun=noun, category=category, title=title, rating=rating, prompt=prompt)
+    template = _INSTRUCTIONS[task]
+    if task == "review" and rating in ("", None):
+        template = "Write this user's review of {title}."
+    text = template.format(noun=noun, category=category, title=title, rating=rating, prompt=prompt)
     return text if history is None else f"{history}\n\n{text}"
 
 

@@ -251,8 +251,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    port = settings.port if settings.port != 8000 else 8001
-    uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.generator_port, log_level="info")
 
 
 if __name__ == "__main__":

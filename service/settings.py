@@ -44,6 +44,7 @@ class Settings(BaseSettings):
 
     # --- generation server ---
     generator_url: str = Field("http://127.0.0.1:8001", description="where the gateway finds the generator")
+    generator_port: int = Field(8001, ge=1, le=65535, description="port the generation server listens on")
     generator_timeout_s: float = Field(120.0, gt=0, description="read timeout of generator calls")
     generator_retries: int = Field(2, ge=0, description="connection retries of the gateway's client")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
 
     # --- HTTP ---
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="port of the gateway")
     max_events_per_request: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
