@@ -30,6 +30,7 @@ test: install backbone
 
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests
+	$(BIN)/mypy service
 
 clean:
 	rm -rf $(VENV) .pytest_cache

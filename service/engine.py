@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from models.generation import SamplingParams, left_pad, stream_generate
 from models.personalized import PersonalizedLM, UserLLMConfig
 from models.prompts import instruction, prompt_ids
+from models.userllm import UserContext
 from service.codec import FeatureCodec
 from service.encoding import UserTowerRuntime
 from service.user_store import StoredEvent
@@ -81,14 +83,14 @@ class TorchEngine:
     def __init__(
         self,
         model: PersonalizedLM,
-        tokenizer,
+        tokenizer: Any,
         codec: FeatureCodec,
         model_version: str,
         device: str,
         *,
         noun: str = "movie",
         category_noun: str = "genre",
-    ):
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.codec = codec
@@ -128,7 +130,7 @@ class TorchEngine:
 
     # --- helpers ---
 
-    def _context(self, users: Sequence[UserInput]):
+    def _context(self, users: Sequence[UserInput]) -> UserContext | None:
         """Stack user tokens; rows without tokens get an all-False mask (bare backbone)."""
         if not any(u.personalized for u in users):
             return None
@@ -201,8 +203,9 @@ class TorchEngine:
                 tokens[i].append(tok)
                 if jobs[i].on_text is not None:
                     text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                    if len(text) > len(sent[i]) and not text.endswith("\ufffd"):
-                        jobs[i].on_text(text[len(sent[i]) :])
+                    callback = jobs[i].on_text
+                    if callback is not None and len(text) > len(sent[i]) and not text.endswith("\ufffd"):
+                        callback(text[len(sent[i]) :])
                         sent[i] = text
         out = []
         for i, job in enumerate(jobs):

@@ -15,8 +15,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
+import numpy as np
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -38,7 +39,7 @@ from service.schemas import (
 )
 from service.settings import Settings, get_settings
 from service.sse import sse
-from service.user_store import read_history, read_seen_items, read_tokens
+from service.user_store import StoredEvent, read_history, read_seen_items, read_tokens
 
 log = logging.getLogger("userllm.generator")
 
@@ -50,7 +51,7 @@ class State(TypedDict):
     engine: TorchEngine
     scorer: MicroBatcher[ScoreJob, ScoreResult]
     decoder: MicroBatcher[GenerateJob, GenerateResult]
-    encoder: MicroBatcher[list[Any], Any]
+    encoder: MicroBatcher[list[StoredEvent], np.ndarray]
 
 
 def create_app(settings: Settings | None = None, engine: TorchEngine | None = None) -> FastAPI:
@@ -62,16 +63,25 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
             raise RuntimeError(
                 "USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)"
             )
-        eng = engine or await asyncio.to_thread(
-            TorchEngine.load, settings.userllm_checkpoint, settings.resolved_backbone_dir, settings.device
-        )
+        eng = engine
+        if eng is None:
+            eng = await asyncio.to_thread(
+                TorchEngine.load, settings.userllm_checkpoint, settings.resolved_backbone_dir, settings.device
+            )
         redis = create_redis(settings.redis_url, "generator")
-        batch = dict(
-            max_batch=settings.max_batch_size, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue
-        )
-        scorer = MicroBatcher(eng.score_batch, name="score", **batch)
-        decoder = MicroBatcher(eng.generate_batch, name="generate", **batch)
-        encoder = MicroBatcher(eng.encode_histories, name="encode", **batch)
+
+        def batcher(fn: Any, name: str) -> Any:
+            return MicroBatcher(
+                fn,
+                name=name,
+                max_batch=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue=settings.max_queue,
+            )
+
+        scorer = batcher(eng.score_batch, "score")
+        decoder = batcher(eng.generate_batch, "generate")
+        encoder = batcher(eng.encode_histories, "encode")
         await asyncio.to_thread(eng.score_batch, [ScoreJob(UserInput(None), k=1)])  # warm-up
         for b in (scorer, decoder, encoder):
             b.start()
@@ -85,7 +95,7 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
                 scorer=scorer,
                 decoder=decoder,
                 encoder=encoder,
-            )  # type: ignore[arg-type]
+            )
         finally:
             for b in (scorer, decoder, encoder):
                 await b.stop()
@@ -100,7 +110,7 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
 
 
 async def get_state(request: Request) -> State:
-    return request.state._state  # type: ignore[no-any-return]
+    return cast(State, request.state._state)
 
 
 StateDep = Annotated[State, Depends(get_state)]
@@ -197,7 +207,7 @@ def _routes(app: FastAPI) -> None:
                 completion_tokens=0,
             )
         prompt = (
-            engine.review_prompt(body.item_id, body.rating)
+            engine.review_prompt(body.item_id or "", body.rating)
             if body.task == "review"
             else engine.chat_prompt(body.prompt or "")
         )
@@ -224,7 +234,11 @@ def _routes(app: FastAPI) -> None:
 async def _stream(state: State, job: GenerateJob, info: dict[str, Any]) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
-    job.on_text = lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+    def on_text(piece: str) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+    job.on_text = on_text
     task = asyncio.create_task(state["decoder"].submit(job))
     while not (task.done() and queue.empty()):
         try:

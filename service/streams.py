@@ -48,7 +48,7 @@ class StreamEvent:
         )
 
 
-def _fields(event: EventIn) -> dict[str, str]:
+def _fields(event: EventIn) -> dict[Any, Any]:
     return {
         "u": event.user_id,
         "i": event.item_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -87,7 +87,7 @@ class UserRecord:
     user_id: str
     rev: str  # "" when the user has no embedding record yet
     events: list[StoredEvent]  # time-ordered, at most `history_keep`
-    state: dict[str, bytes] | None  # raw `state` hash or None
+    state: dict[bytes, bytes] | None  # raw `state` hash or None
     emb_model_version: str | None
 
 
@@ -156,7 +156,7 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             "last_time": max((e.timestamp for e in up.add), default=0.0),
             "new_items": up.new_items,
         }
-        argv = [
+        argv: list[bytes | str] = [
             up.expected_rev,
             json.dumps(payload),
             up.user_tokens.astype(np.float16).tobytes(),
@@ -183,28 +183,30 @@ class CachedTokens:
 
 
 async def read_tokens(redis: aioredis.Redis, keys: Keys, user_id: str) -> CachedTokens | None:
-    raw = await redis.hmget(
-        keys.emb(user_id), ["user_tokens", "shape", "model_version", "updated_at", "n_events"]
-    )
-    if raw[0] is None:
+    fields = ["user_tokens", "shape", "model_version", "updated_at", "n_events"]
+    raw = cast(list[bytes | None], await redis.hmget(keys.emb(user_id), fields))
+    tokens_b, shape_b, version, updated, n_events = raw
+    if tokens_b is None or shape_b is None or version is None:
         return None
-    shape = tuple(json.loads(raw[1]))
-    tokens = np.frombuffer(raw[0], dtype=np.float16).reshape(shape)
-    return CachedTokens(tokens, raw[2].decode(), float(raw[3]), int(raw[4]))
+    tokens = np.frombuffer(tokens_b, dtype=np.float16).reshape(tuple(json.loads(shape_b)))
+    return CachedTokens(tokens, version.decode(), float(updated or 0), int(n_events or 0))
 
 
 async def read_history(redis: aioredis.Redis, keys: Keys, user_id: str) -> list[StoredEvent]:
-    evt = await redis.hgetall(keys.evt(user_id))
+    evt = cast(dict[bytes, bytes], await redis.hgetall(keys.evt(user_id)))
     return sorted((StoredEvent.unpack(k.decode(), v) for k, v in evt.items()), key=lambda e: e.order)
 
 
 async def read_seen_items(redis: aioredis.Redis, keys: Keys, user_id: str) -> set[str]:
-    return {m.decode() for m in await redis.smembers(keys.items(user_id))}
+    members = cast(set[bytes], await redis.smembers(keys.items(user_id)))
+    return {m.decode() for m in members}
 
 
 async def read_user_info(redis: aioredis.Redis, keys: Keys, user_id: str) -> dict[str, Any]:
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.seen(user_id))
     pipe.hmget(keys.emb(user_id), ["model_version", "updated_at", "n_events"])
+    seen: dict[bytes, bytes]
+    emb: list[bytes | None]
     seen, emb = await pipe.execute()
     return {"seen": {k.decode(): v.decode() for k, v in seen.items()}, "emb": [_s(x) for x in emb]}
