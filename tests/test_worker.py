@@ -176,3 +176,31 @@ async def test_tokens_of_another_model_version_are_recomputed(ctx) -> None:
     assert cached.model_version == runtime.model_version and cached.n_events == 4
     state = await redis.hget(keys.state("gus"), "keys")
     assert len(json.loads(state)) == 4
+
+
+async def test_two_workers_side_by_side_apply_every_event_once(ctx) -> None:
+    """Two consumers of one group split the micro-batches of the same users; compare-and-set keeps
+    every user's record complete and exact."""
+    import asyncio
+
+    redis, keys, runtime = ctx
+    users, per_user = 12, 20
+    await publish(
+        redis,
+        keys,
+        [ev(f"p{u}", 1 + (u * 7 + i) % 40, 100 + i) for i in range(per_user) for u in range(users)],
+        maxlen=10_000,
+    )
+    a, b = worker_for(ctx, "wa", batch=7), worker_for(ctx, "wb", batch=5)
+    await asyncio.gather(drain(a), drain(b))
+    for u in range(users):
+        seen = await redis.hgetall(keys.seen(f"p{u}"))
+        assert int(seen[b"n_events"]) == per_user
+        history = await read_history(redis, keys, f"p{u}")
+        assert [e.timestamp for e in history] == [100.0 + i for i in range(per_user)]
+        cached = await read_tokens(redis, keys, f"p{u}")
+        np.testing.assert_allclose(
+            cached.user_tokens.astype(np.float32),
+            runtime.encode_full([history])[0].user_tokens.astype(np.float32),
+            atol=2e-2,
+        )
