@@ -28,6 +28,31 @@ backbone: $(BACKBONE_DIR)/config.json
 test: install backbone
 	$(BIN)/python -m pytest -q
 
+# The whole stack on an embedded Redis (unless USERLLM_REDIS_URL is set), demo checkpoints trained if absent.
+CHECKPOINT_DIR ?= checkpoints
+export USERLLM_CHECKPOINT_DIR := $(CHECKPOINT_DIR)
+run: install backbone
+	@test -f $(CHECKPOINT_DIR)/userllm/manifest.json || $(MAKE) train-demo
+	$(BIN)/python -m service.stack
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+# Demo checkpoints on the vendored ml-latest-small (<= 15 min on 2 CPU cores, progress bars shown):
+# a small user encoder, then USER-LLM (gated cross-attention, strategy enc) on next-item + genre.
+DEMO_ENCODER_DIR ?= $(CHECKPOINT_DIR)/encoder
+DEMO_USERLLM_DIR ?= $(CHECKPOINT_DIR)/userllm
+DEMO_RUNS_DIR ?= runs/demo
+TRAIN_THREADS ?= 1
+train-demo: install backbone
+	nice $(BIN)/python -m training pretrain-encoder --dataset=movielens-latest --out_dir=$(DEMO_ENCODER_DIR) \
+		--run_dir=$(DEMO_RUNS_DIR)/encoder --d_model=64 --n_layers=2 --batch_size=32 --steps=300 --warmup=30 \
+		--eval_interval=100 --save_interval=150 --log_interval=50 --eval_users=200 --threads=$(TRAIN_THREADS)
+	nice $(BIN)/python -m training finetune --dataset=movielens-latest --encoder_dir=$(DEMO_ENCODER_DIR) \
+		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
+		--mode=cross_attention --strategy=enc --backbone_dtype=bfloat16 --steps=80 --batch_size=8 --warmup=8 \
+		--eval_interval=40 --save_interval=40 --log_interval=10 --eval_users=32 --threads=$(TRAIN_THREADS)
+
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests
 	$(BIN)/mypy service
