@@ -16,7 +16,7 @@ Shapes: B users, T new events, Tp cached events, D d_model, H heads, Dh head dim
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention import attention
+from models.encoder_state import EncoderOutput, EncoderState, past_from_tensor, past_to_tensor
 from models.event_embedding import (
     EventEmbedding,
     EventEmbeddingConfig,
@@ -80,89 +81,6 @@ class UserEncoderConfig:
     def tiny(cls, **overrides: Any) -> UserEncoderConfig:
         base = dict(features=tiny_features(), d_model=32, n_layers=2, n_heads=4, window=16, dropout=0.0)
         return cls(**(base | overrides))
-
-
-@dataclass(frozen=True)
-class EncoderState:
-    """Cached encoder state of a batch of users: everything needed to encode their next events."""
-
-    keys: tuple[Tensor, ...]  # per layer (B, H, Tp, Dh)
-    values: tuple[Tensor, ...]  # per layer (B, H, Tp, Dh)
-    hidden: Tensor  # (B, Tp, D) final outputs of the cached events (Perceiver input)
-    key_mask: Tensor  # (B, Tp) bool, True = real cached event
-    n_events: Tensor  # (B,) long, real events seen per user
-
-    def split(self) -> list[EncoderState]:
-        """One compact (no padding slots) state per user."""
-        out = []
-        for b in range(self.hidden.shape[0]):
-            keep = self.key_mask[b]  # (Tp,)
-            out.append(
-                EncoderState(
-                    keys=tuple(k[b : b + 1, :, keep] for k in self.keys),
-                    values=tuple(v[b : b + 1, :, keep] for v in self.values),
-                    hidden=self.hidden[b : b + 1, keep],
-                    key_mask=self.key_mask[b : b + 1, keep],
-                    n_events=self.n_events[b : b + 1],
-                )
-            )
-        return out
-
-    @classmethod
-    def stack(cls, states: Sequence[EncoderState]) -> EncoderState:
-        """Batch single-or-multi-user states, right-padding the cached events."""
-        t_max = max(s.hidden.shape[1] for s in states)
-
-        def pad(x: Tensor, dim: int) -> Tensor:
-            shape = list(x.shape)
-            shape[dim] = t_max - x.shape[dim]
-            return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-        n_layers = len(states[0].keys)
-        return cls(
-            keys=tuple(torch.cat([pad(s.keys[i], 2) for s in states]) for i in range(n_layers)),
-            values=tuple(torch.cat([pad(s.values[i], 2) for s in states]) for i in range(n_layers)),
-            hidden=torch.cat([pad(s.hidden, 1) for s in states]),
-            key_mask=torch.cat([pad(s.key_mask, 1) for s in states]),
-            n_events=torch.cat([s.n_events for s in states]),
-        )
-
-
-@dataclass(frozen=True)
-class EncoderOutput:
-    hidden: Tensor  # (B, T, D) outputs of the new events, zeros at padding
-    past: EncoderState  # state covering cached + new events
-
-
-def past_to_tensor(past: EncoderState) -> Tensor:
-    """Pack ONE user's state into one tensor (2L + 1, Tp, D): k_0, v_0, ..., k_{L-1}, v_{L-1}, hidden.
-
-    L = n_layers; keys/values are stored head-merged (Tp, H * Dh = D). Store it with e.g.
-    `past_to_tensor(s).half().numpy().tobytes()`; the shape follows from (n_layers, Tp, D).
-    """
-    if past.hidden.shape[0] != 1:
-        raise ValueError("past_to_tensor packs one user; call past.split() first")
-    (past,) = past.split()  # drop padding slots, so Tp == n_events
-    kv = torch.stack([t for pair in zip(past.keys, past.values, strict=True) for t in pair])[
-        :, 0
-    ]  # (2L, H, Tp, Dh)
-    return torch.cat([kv.transpose(1, 2).flatten(2), past.hidden], dim=0)  # (2L + 1, Tp, D)
-
-
-def past_from_tensor(packed: Tensor, *, n_heads: int) -> EncoderState:
-    """Inverse of `past_to_tensor` (B = 1); cast `packed` to the model dtype first (fp16 bytes -> float32)."""
-    rows, length, dim = packed.shape
-    if rows % 2 != 1 or dim % n_heads != 0:
-        raise ValueError(f"not a packed encoder state: shape {tuple(packed.shape)}, n_heads {n_heads}")
-    per_head = packed[:-1].unflatten(2, (n_heads, dim // n_heads))  # (2L, Tp, H, Dh)
-    kv = per_head.transpose(1, 2).unsqueeze(1)  # (2L, 1, H, Tp, Dh)
-    return EncoderState(
-        keys=tuple(kv[0::2]),
-        values=tuple(kv[1::2]),
-        hidden=packed[-1:],
-        key_mask=torch.ones(1, length, dtype=torch.bool, device=packed.device),
-        n_events=torch.tensor([length], device=packed.device),
-    )
 
 
 # --- blocks ---

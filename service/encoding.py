@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint, load_state_strict
+from models.encoder_state import EncoderState, pack_states, pad_packed, unpack_states
 from models.features import collate_events
-from models.user_encoder import EncoderState, past_from_tensor, past_to_tensor
 from models.user_tower import UserTower, UserTowerConfig
 from service.codec import FeatureCodec
 from service.user_store import StoredEvent
@@ -66,19 +66,14 @@ class UserTowerRuntime:
     def _finish(
         self, tokens: torch.Tensor, past: EncoderState, keys_per_user: list[list[str]], mode: str
     ) -> list[Encoded]:
-        out = []
-        for b, state in enumerate(past.split()):
-            packed = past_to_tensor(state).to("cpu", torch.float16).numpy()
-            out.append(
-                Encoded(
-                    tokens[b].to("cpu", torch.float16).numpy(),
-                    packed,
-                    keys_per_user[b],
-                    len(keys_per_user[b]),
-                    mode,
-                )
-            )
-        return out
+        """One fp16 conversion for the whole batch, then a cheap per-user slice of the real events."""
+        packed = pack_states(past, torch.float16).cpu()  # (B, 2L + 1, Tp, D)
+        key_mask = past.key_mask.cpu()
+        tokens16 = tokens.to("cpu", torch.float16).numpy()
+        return [
+            Encoded(tokens16[b], packed[b][:, key_mask[b]].numpy(), keys, len(keys), mode)
+            for b, keys in enumerate(keys_per_user)
+        ]
 
     @torch.inference_mode()
     def encode_full(self, histories: Sequence[Sequence[StoredEvent]]) -> list[Encoded]:
@@ -96,12 +91,12 @@ class UserTowerRuntime:
         new_events: Sequence[Sequence[StoredEvent]],
     ) -> list[Encoded]:
         """Encode only `new_events` after each user's cached state (caller checked it fits)."""
-        pasts = [
-            past_from_tensor(torch.from_numpy(s.astype(np.float32)).to(self.device), n_heads=self.n_heads)
-            for s in states
-        ]
+        packed, key_mask = pad_packed([torch.from_numpy(s) for s in states])  # (B, 2L + 1, Tp, D) fp16
+        past = unpack_states(
+            packed.to(self.device, torch.float32), key_mask.to(self.device), n_heads=self.n_heads
+        )
         features, mask = self._features(new_events)
-        out = self.tower(features, mask, EncoderState.stack(pasts))
+        out = self.tower(features, mask, past)
         keys = [list(k) + [e.key for e in new] for k, new in zip(state_keys, new_events, strict=True)]
         return self._finish(out.user_tokens, out.past, keys, "incremental")
 
@@ -115,4 +110,4 @@ class UserTowerRuntime:
         if not raw or raw.get(b"model_version", b"").decode() != self.model_version:
             return None
         shape = tuple(json.loads(raw[b"shape"]))
-        return np.frombuffer(raw[b"kv"], dtype=np.float16).reshape(shape), json.loads(raw[b"keys"])
+        return np.frombuffer(bytearray(raw[b"kv"]), dtype=np.float16).reshape(shape), json.loads(raw[b"keys"])

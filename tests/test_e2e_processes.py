@@ -31,8 +31,14 @@ def tiny_stack(tmp_path_factory, real_backbone_dir):  # noqa: F811
 def _env(tiny_stack, **extra: str) -> dict[str, str]:
     backbone, ckpt = tiny_stack
     env = {k: v for k, v in os.environ.items() if not k.startswith("USERLLM_")}
-    env.update(USERLLM_BACKBONE_DIR=str(backbone), USERLLM_CHECKPOINT_DIR=str(ckpt.parent),
-               USERLLM_WORKER_METRICS_PORT="0", USERLLM_WORKER_BLOCK_MS="50", PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        USERLLM_BACKBONE_DIR=str(backbone),
+        USERLLM_CHECKPOINT_DIR=str(ckpt.parent),
+        USERLLM_WORKER_METRICS_PORT="0",
+        USERLLM_WORKER_BLOCK_MS="50",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 
@@ -52,24 +58,44 @@ def test_stack_on_embedded_redis_events_change_recommendations(tiny_stack, tmp_p
     port, gen_port = free_port(), free_port()
     env = _env(tiny_stack, USERLLM_PORT=str(port), USERLLM_GENERATOR_PORT=str(gen_port))
     log = open(tmp_path / "stack.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.stack", "--ready-timeout", "120"], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.stack", "--ready-timeout", "120"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 150, "the stack to be ready")
         with httpx.Client(base_url=base, timeout=30) as client:
             cold = client.post("/recommend", json={"user_id": "e2e", "k": 10}).json()
             assert cold["personalized"] is False
-            sent = client.post("/events", json={"events": [
-                {"user_id": "e2e", "item_id": str(i), "timestamp": 100 + i, "rating": 5.0} for i in (2, 4, 8, 16)]})
+            sent = client.post(
+                "/events",
+                json={
+                    "events": [
+                        {"user_id": "e2e", "item_id": str(i), "timestamp": 100 + i, "rating": 5.0}
+                        for i in (2, 4, 8, 16)
+                    ]
+                },
+            )
             assert sent.status_code == 202
-            info = _wait(lambda: (r := client.get("/users/e2e")).status_code == 200
-                         and r.json()["embedding_model_version"] and r.json(), 30, "user tokens in Redis")
+            info = _wait(
+                lambda: (
+                    (r := client.get("/users/e2e")).status_code == 200
+                    and r.json()["embedding_model_version"]
+                    and r.json()
+                ),
+                30,
+                "user tokens in Redis",
+            )
             assert info["events_seen"] == 4 and info["embedding_n_events"] == 4
             warm = client.post("/recommend", json={"user_id": "e2e", "k": 10}).json()
             assert warm["personalized"] is True
             assert [(i["item_id"], round(i["score"], 4)) for i in warm["items"]] != [
-                (i["item_id"], round(i["score"], 4)) for i in cold["items"]]
+                (i["item_id"], round(i["score"], 4)) for i in cold["items"]
+            ]
             assert {"2", "4", "8", "16"}.isdisjoint(i["item_id"] for i in warm["items"])
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -78,12 +104,19 @@ def test_stack_on_embedded_redis_events_change_recommendations(tiny_stack, tmp_p
     assert code == 0, (tmp_path / "stack.log").read_text()[-3000:]
 
 
-def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(tiny_stack, redis_url, key_prefix,
-                                                                          clean_redis, tmp_path) -> None:
+def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
+    tiny_stack, redis_url, key_prefix, clean_redis, tmp_path
+) -> None:
     keys = Keys(key_prefix, 2)
     users, per_user = 40, 30
-    env = _env(tiny_stack, USERLLM_REDIS_URL=redis_url, USERLLM_KEY_PREFIX=key_prefix, USERLLM_NUM_SHARDS="2",
-               USERLLM_WORKER_NAME="victim", USERLLM_WORKER_BATCH="20")
+    env = _env(
+        tiny_stack,
+        USERLLM_REDIS_URL=redis_url,
+        USERLLM_KEY_PREFIX=key_prefix,
+        USERLLM_NUM_SHARDS="2",
+        USERLLM_WORKER_NAME="victim",
+        USERLLM_WORKER_BATCH="20",
+    )
     # queue everything first (through the same producer code as the gateway)
     import asyncio
 
@@ -94,8 +127,17 @@ def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(tiny_s
     async def produce() -> None:
         client = create_redis(redis_url, "test")
         await ensure_groups(client, keys)
-        events = [EventIn(user_id=f"k{u}", item_id=str(1 + (u + i) % 40), timestamp=1000 + i, rating=3.0,
-                          event_id=f"k{u}-{i}") for i in range(per_user) for u in range(users)]
+        events = [
+            EventIn(
+                user_id=f"k{u}",
+                item_id=str(1 + (u + i) % 40),
+                timestamp=1000 + i,
+                rating=3.0,
+                event_id=f"k{u}-{i}",
+            )
+            for i in range(per_user)
+            for u in range(users)
+        ]
         await publish(client, keys, events, maxlen=100_000)
         await client.aclose()
 
@@ -105,20 +147,25 @@ def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(tiny_s
         return sum(int(clean_redis.hget(keys.seen(f"k{u}"), "n_events") or 0) for u in range(users))
 
     log = open(tmp_path / "worker.log", "wb")
-    victim = subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "service.worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     _wait(lambda: applied() > 0, 60, "the first applied micro-batch")
     victim.send_signal(signal.SIGKILL)  # no clean shutdown: entries are pending, some may be written un-acked
     victim.wait(10)
     partial = applied()
     assert 0 < partial < users * per_user
-    restarted = subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=REPO, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
+    restarted = subprocess.Popen(
+        [sys.executable, "-m", "service.worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         _wait(lambda: applied() == users * per_user, 90, "every event applied")
         pending = sum(clean_redis.xpending(keys.stream(s), GROUP)["pending"] for s in range(2))
-        _wait(lambda: sum(clean_redis.xpending(keys.stream(s), GROUP)["pending"] for s in range(2)) == 0, 30,
-              f"acknowledgements ({pending} pending)")
+        _wait(
+            lambda: sum(clean_redis.xpending(keys.stream(s), GROUP)["pending"] for s in range(2)) == 0,
+            30,
+            f"acknowledgements ({pending} pending)",
+        )
     finally:
         restarted.terminate()
         restarted.wait(20)

@@ -1,0 +1,115 @@
+"""TrainConfig overrides (nanoGPT configurator behaviour without exec), get_lr, seeding."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from training.config import (
+    ConfigError,
+    EvalConfig,
+    FinetuneConfig,
+    TrainConfig,
+    apply_overrides,
+    get_lr,
+    parse_overrides,
+    seed_everything,
+)
+
+
+def test_overrides_are_typed() -> None:
+    cfg = apply_overrides(
+        TrainConfig(),
+        ["--steps=10", "--lr=3e-4", "--progress=false", "--path=none", "--category=All_Beauty", "--resume"],
+    )
+    assert (cfg.steps, cfg.lr, cfg.progress, cfg.path, cfg.category, cfg.resume) == (
+        10, 3e-4, False, None, "All_Beauty", True,
+    )  # fmt: skip
+    assert isinstance(cfg.steps, int) and isinstance(cfg.lr, float)
+
+
+def test_dashes_in_keys_map_to_underscores() -> None:
+    assert parse_overrides(TrainConfig, ["--batch-size=4"]) == {"batch_size": 4}
+
+
+def test_unknown_key_names_the_closest_field() -> None:
+    with pytest.raises(ConfigError, match=r"unknown option --batchsize \(did you mean --batch_size\?\)"):
+        parse_overrides(TrainConfig, ["--batchsize=4"])
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--steps=ten", r"--steps expects an integer, got 'ten'"),
+        ("--steps=1.5", r"--steps expects an integer"),
+        ("--lr=fast", r"--lr expects a number, got 'fast'"),
+        ("--progress=maybe", r"--progress expects a boolean"),
+        ("--fusion=middle", r"--fusion must be one of early, late; got 'middle'"),
+        ("--steps", r"--steps needs a value"),
+        ("steps=3", r"expected --key=value"),
+    ],
+)
+def test_bad_values_raise_clear_errors(arg: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(TrainConfig(), [arg])
+
+
+def test_invariants_are_checked_after_overrides() -> None:
+    with pytest.raises(ConfigError, match="min_lr"):
+        apply_overrides(TrainConfig(), ["--lr=1e-4", "--min_lr=1e-3"])
+    with pytest.raises(ConfigError, match="divisible"):
+        apply_overrides(TrainConfig(), ["--d_model=30"])
+    with pytest.raises(ConfigError, match="tasks"):
+        apply_overrides(FinetuneConfig(), ["--tasks=next_item,poetry"])
+    with pytest.raises(ConfigError, match="ks"):
+        EvalConfig(ks="1,x")
+
+
+def test_configs_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        TrainConfig().steps = 3  # type: ignore[misc]
+
+
+def test_subclass_fields_and_defaults() -> None:
+    cfg = apply_overrides(FinetuneConfig(), ["--strategy=lora", "--mode=soft_prompt", "--steps=7"])
+    assert (cfg.strategy, cfg.mode, cfg.steps, cfg.out_dir) == (
+        "lora",
+        "soft_prompt",
+        7,
+        "checkpoints/userllm",
+    )
+    with pytest.raises(ConfigError, match="--strategy must be one of"):
+        apply_overrides(FinetuneConfig(), ["--strategy=half"])
+
+
+def test_run_dir_defaults_beside_the_checkpoint_name() -> None:
+    assert TrainConfig(out_dir="checkpoints/encoder/").resolved_run_dir == "runs/encoder"
+    assert TrainConfig(run_dir="/tmp/x").resolved_run_dir == "/tmp/x"
+
+
+def test_get_lr_warmup_then_cosine_to_min_lr() -> None:
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup=10, steps=110)
+    lrs = [get_lr(s, cfg) for s in range(120)]
+    warm = lrs[:10]
+    assert all(a < b for a, b in zip(warm, warm[1:], strict=False))  # linear increase
+    assert warm[0] == pytest.approx(1e-3 / 11)
+    assert lrs[10] == pytest.approx(1e-3)  # peak right after warmup
+    decay = lrs[10:111]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))  # monotone decay
+    assert lrs[60] == pytest.approx((1e-3 + 1e-4) / 2)  # half way: the cosine midpoint
+    assert lrs[110] == pytest.approx(1e-4) and lrs[119] == pytest.approx(1e-4)
+    assert get_lr(50, cfg, total_steps=10) == pytest.approx(1e-4)
+
+
+def test_seed_everything_repeats_python_numpy_torch() -> None:
+    import numpy as np
+
+    def draw() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_everything(3)
+    first = draw()
+    seed_everything(3)
+    assert draw() == first

@@ -1,0 +1,122 @@
+"""CPU smoke test of fine-tuning + evaluation on a tiny random Llama that uses the real tokenizer.
+
+Needs the converted backbone folder only for its tokenizer (chat template); skips without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.backbone import backbone_id, tiny_llama
+from models.checkpoint import load_checkpoint, load_state_strict
+from models.user_tower import UserTower, UserTowerConfig
+from training.config import EvalConfig, FinetuneConfig, TrainConfig
+from training.evaluate import main as evaluate
+from training.finetune import main as finetune
+from training.pretrain import main as pretrain
+from training.tasks import default_backbone_dir
+
+pytestmark = pytest.mark.backbone
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread avoids OpenMP thrashing
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoTokenizer
+
+    real = Path(default_backbone_dir())
+    if not (real / "tokenizer_config.json").is_file():
+        pytest.skip(f"backbone folder {real} not prepared (make backbone)")
+    folder = tmp_path_factory.mktemp("tiny-backbone")
+    tokenizer = AutoTokenizer.from_pretrained(real, local_files_only=True)
+    torch.manual_seed(0)
+    tiny_llama(vocab_size=len(tokenizer), num_layers=2, max_position_embeddings=256).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ft-encoder")
+    pretrain(TrainConfig.tiny(out_dir=str(root / "encoder"), run_dir=str(root / "run"), steps=2))
+    return root / "encoder"
+
+
+def test_finetune_writes_a_userllm_checkpoint_and_resumes(
+    tiny_backbone: Path, encoder_dir: Path, tmp_path: Path
+):
+    cfg = FinetuneConfig(
+        encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), max_users=12, steps=2, batch_size=2, warmup=1, eval_interval=2,
+        save_interval=2, log_interval=1, eval_users=4, cross_attn_every_n_layers=1, progress=False,
+    )  # fmt: skip
+    summary = finetune(cfg)
+    assert summary["step"] == 2
+    ck = load_checkpoint(cfg.out_dir)
+    assert {p.name for p in Path(cfg.out_dir).iterdir()} == {
+        "model.safetensors", "config.json", "manifest.json", "vocab.json", "catalogue.json",
+    }  # fmt: skip
+    manifest = ck.manifest
+    assert manifest["kind"] == "userllm" and manifest["trainable_only"] is True
+    assert manifest["backbone_id"] == backbone_id(tiny_backbone)
+    assert manifest["encoder_model_version"] == load_checkpoint(encoder_dir).model_version
+    # the encoder worker loads the tower alone: config["tower"] and the "tower." weights
+    tower = UserTower(UserTowerConfig(**ck.config["tower"]))
+    load_state_strict(tower, {k[6:]: v for k, v in ck.state_dict.items() if k.startswith("tower.")})
+    assert not any(
+        k.startswith("llm.backbone.model.embed_tokens") for k in ck.state_dict
+    )  # frozen: not stored
+    assert any(".cross_attn." in k for k in ck.state_dict)
+    # resume continues the step counter
+    more = finetune(FinetuneConfig(**{**cfg.__dict__, "steps": 3, "resume": True}))
+    assert more["step"] == 3
+    iters = [json.loads(line)["iter"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert iters == [1, 2, 3]
+
+
+def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, tmp_path: Path):
+    cfg = FinetuneConfig(
+        encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), max_users=12, steps=1, batch_size=2, eval_users=2,
+        cross_attn_every_n_layers=1, progress=False,
+    )  # fmt: skip
+    finetune(cfg)
+    result = evaluate(EvalConfig(checkpoint=cfg.out_dir, max_users=12, out_dir=str(tmp_path / "eval")))
+    ni = result["next_item"]
+    assert set(ni) == {"users", "unknown_targets", "all_items", "exclude_history"}
+    assert set(ni["all_items"]) == {"recall@1", "recall@5", "recall@10", "ndcg@10"}
+    assert 0.0 <= result["favourite_category"]["accuracy"] <= 1.0
+    assert (tmp_path / "eval" / "results.md").is_file() and (
+        tmp_path / "eval" / "plots" / "next_item.png"
+    ).is_file()
+
+
+def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path: Path):
+    data = dict(
+        dataset="amazon-2018", path="tests/fixtures/data/amazon-2018", category="Magazine_Subscriptions"
+    )
+    enc = TrainConfig.tiny(out_dir=str(tmp_path / "enc"), run_dir=str(tmp_path / "enc-run"), steps=1, **data)
+    pretrain(enc)
+    cfg = FinetuneConfig(
+        encoder_dir=enc.out_dir, backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), tasks="review", steps=2, batch_size=2, eval_users=2,
+        max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, **data,
+    )  # fmt: skip
+    summary = finetune(cfg)
+    assert summary["step"] == 2 and "val_review" in summary["last"]
+    result = evaluate(
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **data)
+    )
+    assert set(result["review"]) == {"rouge1", "rougeL", "examples"} and result["review"]["examples"] == 2
+    assert "next_item" not in result

@@ -1,0 +1,106 @@
+"""CPU smoke test of encoder pretraining: a few steps on a tiny slice, the checkpoint file set, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, load_state_strict
+from models.user_encoder import UserEncoder, UserEncoderConfig
+from training import cli
+from training.config import TrainConfig
+from training.pretrain import main
+
+CHECKPOINT_FILES = {"model.safetensors", "config.json", "manifest.json", "vocab.json", "catalogue.json"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread avoids OpenMP thrashing
+    yield
+    torch.set_num_threads(threads)
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, dict]:
+    root = tmp_path_factory.mktemp("pretrain")
+    cfg = TrainConfig.tiny(out_dir=str(root / "encoder"), run_dir=str(root / "run"))
+    return cfg, main(cfg)
+
+
+def test_checkpoint_file_set_and_strict_reload(trained: tuple[TrainConfig, dict]) -> None:
+    cfg, summary = trained
+    out = Path(cfg.out_dir)
+    assert {p.name for p in out.iterdir()} == CHECKPOINT_FILES
+    assert {p.name for p in Path(cfg.resolved_run_dir).iterdir()} == {"log.jsonl", "trainer_state.pt", "last"}
+    assert {p.name for p in (Path(cfg.resolved_run_dir) / "last").iterdir()} == CHECKPOINT_FILES
+    ck = load_checkpoint(out)
+    assert set(ck.config) == {"encoder"}
+    encoder = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
+    load_state_strict(encoder, ck.state_dict)  # no prefix, nothing missing
+    manifest = ck.manifest
+    assert manifest["kind"] == "encoder" and manifest["model_version"].startswith("encoder-")
+    assert manifest["dataset"] == "movielens-latest" and len(manifest["data_sha256"]) == 64
+    assert manifest["seed"] == cfg.seed and manifest["train_config"]["steps"] == cfg.steps
+    assert summary["step"] == cfg.steps
+
+
+def test_vocab_items_are_all_in_the_catalogue(trained: tuple[TrainConfig, dict]) -> None:
+    cfg, _ = trained
+    ck = load_checkpoint(cfg.out_dir)
+    vocab, catalogue = ck.extras["vocab"], ck.extras["catalogue"]
+    assert set(vocab) == {"item", "category", "rating"}
+    assert set(vocab["item"]["tokens"]) == set(catalogue)
+    entry = next(iter(catalogue.values()))
+    assert set(entry) == {"title", "categories"} and isinstance(entry["categories"], list)
+    assert ck.config["encoder"]["features"][0]["vocab_size"] == len(vocab["item"]["tokens"]) + 2
+
+
+def test_log_lines_and_jsonl(trained: tuple[TrainConfig, dict], capsys: pytest.CaptureFixture) -> None:
+    cfg, _ = trained
+    records = _log(Path(cfg.resolved_run_dir))
+    assert [r["iter"] for r in records] == [2, 3, 4, 6]  # log_interval 2, plus every validation (3, 6)
+    assert {"iter", "loss", "val", "lr", "ms"} <= set(records[-1])
+    assert records[-1]["val"] is not None and "val_recall@10" in records[-1]
+
+
+def test_resume_continues_the_step_counter(trained: tuple[TrainConfig, dict]) -> None:
+    cfg, _ = trained
+    with (Path(cfg.resolved_run_dir) / "log.jsonl").open("a") as log:  # an interrupted run logged past step 6
+        log.write(json.dumps({"iter": 7, "loss": 1.0, "val": None, "lr": 0.0, "ms": 1.0}) + "\n")
+    more = TrainConfig.tiny(out_dir=cfg.out_dir, run_dir=cfg.run_dir, steps=10, resume=True)
+    summary = main(more)
+    assert summary["step"] == 10
+    iters = [r["iter"] for r in _log(Path(cfg.resolved_run_dir))]
+    assert iters == [2, 3, 4, 6, 8, 9, 10]  # continues from the saved step 6; the stray 7 is dropped
+    state = torch.load(Path(cfg.resolved_run_dir) / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 10 and set(state["rng"]) == {"python", "numpy", "torch"}
+    assert load_checkpoint(Path(cfg.resolved_run_dir) / "last").manifest["step"] == 10
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        cfg = TrainConfig.tiny(out_dir=str(tmp_path / name), run_dir=str(tmp_path / f"{name}-run"), steps=3)
+        main(cfg)
+        runs.append(load_checkpoint(tmp_path / name).state_dict)
+    for key, value in runs[0].items():
+        torch.testing.assert_close(value, runs[1][key], rtol=0, atol=0)
+
+
+def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["pretrain-encoder", "--stepz=3"]) == 2
+    assert "did you mean --steps" in capsys.readouterr().err
+    assert cli.main(["pretrain-encoder", "--steps=many"]) == 2
+    assert "expects an integer" in capsys.readouterr().err
+    assert cli.main(["nonsense"]) == 2
+    assert cli.main(["pretrain-encoder", "--help"]) == 0
+    assert "--window=50" in capsys.readouterr().out
