@@ -46,12 +46,12 @@ DEMO_RUNS_DIR ?= runs/demo
 TRAIN_THREADS ?= 1
 train-demo: install backbone
 	nice $(BIN)/python -m training pretrain-encoder --dataset=movielens-latest --out_dir=$(DEMO_ENCODER_DIR) \
-		--run_dir=$(DEMO_RUNS_DIR)/encoder --d_model=64 --n_layers=2 --batch_size=32 --steps=300 --warmup=30 \
-		--eval_interval=100 --save_interval=150 --log_interval=50 --eval_users=200 --threads=$(TRAIN_THREADS)
+		--run_dir=$(DEMO_RUNS_DIR)/encoder --d_model=64 --n_layers=2 --batch_size=32 --steps=250 --warmup=25 \
+		--eval_interval=125 --save_interval=125 --log_interval=25 --eval_users=200 --threads=$(TRAIN_THREADS)
 	nice $(BIN)/python -m training finetune --dataset=movielens-latest --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
-		--mode=cross_attention --strategy=enc --backbone_dtype=bfloat16 --steps=80 --batch_size=8 --warmup=8 \
-		--eval_interval=40 --save_interval=40 --log_interval=10 --eval_users=32 --threads=$(TRAIN_THREADS)
+		--mode=cross_attention --strategy=enc --backbone_dtype=bfloat16 --steps=60 --batch_size=8 --warmup=6 \
+		--eval_interval=30 --save_interval=30 --log_interval=10 --eval_users=32 --threads=$(TRAIN_THREADS)
 
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests

@@ -80,8 +80,9 @@ class PersonalizedLM(nn.Module):
         self.item_head = NextItemHead(dim_model=dim, num_items=config.num_items)
         self.category_head = CategoryHead(dim_model=dim, num_categories=config.num_categories)
         param = next(backbone.parameters())
-        for module in (self.tower, self.item_head, self.category_head):
-            module.to(device=param.device)
+        self.tower.to(device=param.device)  # float32: user_tokens are cast when entering the LLM
+        for head in (self.item_head, self.category_head):  # heads read the backbone's hidden states
+            head.to(device=param.device, dtype=param.dtype)
 
     def user_context(self, features: Mapping[str, Tensor], mask: Tensor) -> UserContext:
         """Events (B, T) -> per-request LLM conditioning (computed once per sequence).

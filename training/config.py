@@ -76,6 +76,7 @@ class TrainConfig:
     save_interval: int = 500  # steps between resume states (run_dir/trainer_state.pt + run_dir/last/)
     eval_users: int = 0  # validation users used during training (0 = all)
     progress: bool = True  # tqdm progress bar
+    threads: int = 0  # torch CPU threads (0 = torch's default); 1 avoids thrashing on a shared machine
     # encoder size (paper defaults)
     d_model: int = 128  # encoder width D
     n_layers: int = 6  # Transformer blocks

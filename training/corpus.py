@@ -33,7 +33,15 @@ from training.data import (
 )
 from training.data.vocab import FEATURES
 
-__all__ = ["Corpus", "build_catalogue", "data_fingerprint", "encoded", "git_sha", "load_corpus", "vocabs_from_dict"]
+__all__ = [
+    "Corpus",
+    "build_catalogue",
+    "data_fingerprint",
+    "encoded",
+    "git_sha",
+    "load_corpus",
+    "vocabs_from_dict",
+]
 
 
 @dataclass
@@ -69,10 +77,12 @@ def git_sha(repo: str | Path | None = None) -> str | None:
     """HEAD commit of the repository (None outside git or before the first commit)."""
     cwd = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def data_fingerprint(path: str | Path) -> tuple[str, list[str]]:
@@ -144,7 +154,9 @@ def load_corpus(
     data = load_dataset(name, path, **options)
     if max_users:
         kept = list(data.timelines)[:max_users]
-        data = Dataset(data.name, {u: data.timelines[u] for u in kept}, data.items, data.skipped, data.counters)
+        data = Dataset(
+            data.name, {u: data.timelines[u] for u in kept}, data.items, data.skipped, data.counters
+        )
     splits = leave_last_out(data)
     vocab_map = dict(vocabs) if vocabs is not None else build_vocabs(splits.train)
     source = Path(path) if path is not None else ML_LATEST_SMALL

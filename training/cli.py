@@ -1,0 +1,105 @@
+"""Command line of the offline side: `python -m training <command> --key=value ...`.
+
+    python -m training pretrain-encoder --dataset=movielens-latest --out_dir=checkpoints/encoder
+    python -m training pretrain-encoder --out_dir=checkpoints/encoder --resume --steps=4000
+    python -m training finetune --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
+    python -m training evaluate --checkpoint=checkpoints/encoder --out_dir=results/encoder
+    python -m training baselines --checkpoint=checkpoints/encoder --out_dir=results/baselines
+    python -m training results --inputs=results/ml-100k,results/ml-latest-small --out=docs/results.md
+
+Every `--key=value` is a field of the command's config dataclass (training/config.py), type-checked;
+`--help` after a command lists the fields with their defaults. Errors go to stderr; exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from training.config import ConfigError, EvalConfig, FinetuneConfig, TrainConfig, apply_overrides
+
+__all__ = ["main"]
+
+
+def _pretrain(cfg: Any) -> Any:
+    from training.pretrain import main as run
+
+    return run(cfg)
+
+
+def _finetune(cfg: Any) -> Any:
+    from training.finetune import main as run
+
+    return run(cfg)
+
+
+def _evaluate(cfg: Any) -> Any:
+    from training.evaluate import main as run
+
+    return run(cfg)
+
+
+def _baselines(cfg: Any) -> Any:
+    from training.baselines import main as run
+
+    return run(cfg)
+
+
+def _results(cfg: Any) -> Any:
+    from training.results import main as run
+
+    return run(cfg)
+
+
+def _results_config() -> Any:
+    from training.results import ResultsConfig
+
+    return ResultsConfig()
+
+
+COMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str]] = {
+    "pretrain-encoder": (
+        TrainConfig,
+        _pretrain,
+        "self-supervised next-event pretraining of the user encoder",
+    ),
+    "finetune": (FinetuneConfig, _finetune, "train USER-LLM (encoder + Perceiver + LLM) on the tasks"),
+    "evaluate": (EvalConfig, _evaluate, "next-item / favourite-genre / review metrics of a checkpoint"),
+    "baselines": (EvalConfig, _baselines, "most-popular and sequence-only baselines on the same split"),
+    "results": (_results_config, _results, "collect results JSON files into docs/results.md + plots"),
+}
+
+
+def _help(name: str, config: Any) -> str:
+    lines = [f"python -m training {name} [--key=value ...]: {COMMANDS[name][2]}", ""]
+    for field in dataclasses.fields(config):
+        lines.append(f"  --{field.name}={getattr(config, field.name)!r}  ({field.type})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        if args and args[0] not in ("-h", "--help"):
+            print(f"error: unknown command {args[0]!r}", file=sys.stderr)
+        print(__doc__, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    name, rest = args[0], args[1:]
+    make_config, run, _ = COMMANDS[name]
+    if any(a in ("-h", "--help") for a in rest):
+        print(_help(name, make_config()))
+        return 0
+    try:
+        cfg = apply_overrides(make_config(), rest)
+        summary = run(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

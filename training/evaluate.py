@@ -1,0 +1,187 @@
+"""Offline evaluation harness: leave-last-out TEST users, full-ranking next-item metrics, genre, reviews.
+
+Every model is a *scorer*: a function from a chunk of held-out examples to (B, V) item scores over
+the whole item vocabulary. The harness ranks ALL catalogue items under two protocols, reported side by
+side and labelled everywhere:
+
+  - "all_items":        every catalogue item is a candidate (SASRec / pmixer full ranking);
+  - "exclude_history":  items already in the user's history are removed first (what the service's
+                        /recommend `exclude_seen` does); a re-consumed target then counts as a miss.
+
+Favourite genre (USER-LLM Sec. 4: the most frequent category of the history, ties to the most recent)
+is scored as accuracy; review generation as ROUGE-1 / ROUGE-L F1 (`rouge-score`).
+
+    python -m training evaluate --checkpoint=checkpoints/encoder --out_dir=results/encoder
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.checkpoint import load_checkpoint, load_state_strict
+from models.features import collate_events
+from models.user_encoder import UserEncoder, UserEncoderConfig
+from training.config import EvalConfig
+from training.corpus import Corpus, encoded, load_corpus, vocabs_from_dict
+from training.data import Example, favourite_category
+from training.metrics import accuracy, ranking_metrics, seen_mask, target_ranks
+
+__all__ = [
+    "PROTOCOLS",
+    "Scorer",
+    "encoder_scorers",
+    "evaluate_genre",
+    "evaluate_next_item",
+    "load_encoder",
+    "main",
+    "write_results",
+]
+
+PROTOCOLS = {
+    "all_items": "full ranking over every catalogue item",
+    "exclude_history": "full ranking without the items already in the user's history (= exclude_seen)",
+}
+Scorer = Callable[[Sequence[Example]], Tensor]  # examples -> (B, V) item scores
+
+
+# --- harness ---
+
+
+def evaluate_next_item(
+    scorer: Scorer, corpus: Corpus, examples: Sequence[Example], *, ks: Sequence[int], batch_size: int = 128
+) -> dict[str, Any]:
+    """Recall@K and NDCG@max(K) under both protocols, plus how many targets were unknown items."""
+    item_vocab = corpus.vocabs["item"]
+    ranks: dict[str, list[Tensor]] = {name: [] for name in PROTOCOLS}
+    unknown = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        scores = scorer(chunk)  # (B, V)
+        targets = torch.tensor([item_vocab.encode(ex.target.item) for ex in chunk])  # (B,)
+        unknown += int((targets < 2).sum())
+        histories = [[item_vocab.encode(e.item) for e in ex.history] for ex in chunk]
+        ranks["all_items"].append(target_ranks(scores, targets))
+        ranks["exclude_history"].append(target_ranks(scores, targets, seen_mask(histories, scores.shape[1])))
+    out: dict[str, Any] = {"users": len(examples), "unknown_targets": unknown}
+    for name in PROTOCOLS:
+        joined = torch.cat(ranks[name]) if ranks[name] else torch.zeros(0, dtype=torch.long)
+        out[name] = ranking_metrics(joined, ks=ks, ndcg_ks=(max(ks),))
+    return out
+
+
+def evaluate_genre(predict: Callable[[Sequence[Example]], list[str | None]], examples: Sequence[Example],
+                   *, batch_size: int = 128) -> dict[str, Any]:  # fmt: skip
+    """Favourite-category accuracy over the users whose history has a category."""
+    labelled = [ex for ex in examples if favourite_category(ex.history) is not None]
+    predictions: list[str | None] = []
+    for i in range(0, len(labelled), batch_size):
+        predictions.extend(predict(labelled[i : i + batch_size]))
+    labels = [favourite_category(ex.history) for ex in labelled]
+    return {"accuracy": accuracy(predictions, labels), "users": len(labelled)}
+
+
+# --- the pretrained encoder as a scorer (the sequence-only baseline) ---
+
+
+def load_encoder(directory: str | Path) -> tuple[UserEncoder, dict[str, Any], Any]:
+    """Encoder checkpoint -> (model in eval mode, vocab dict, Checkpoint)."""
+    ck = load_checkpoint(directory)
+    if ck.manifest["kind"] != "encoder":
+        raise ValueError(f"{directory}: expected an encoder checkpoint, got kind {ck.manifest['kind']!r}")
+    encoder = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
+    load_state_strict(encoder, ck.state_dict)
+    return encoder.eval(), ck.extras["vocab"], ck
+
+
+def encoder_scorers(encoder: UserEncoder, corpus: Corpus) -> tuple[Scorer, Callable]:
+    """(next-item scorer, favourite-category predictor) of a pretrained encoder.
+
+    Next item: the item head's logits at the last real history event (SASRec-style). Favourite
+    category: argmax of the category head's mean log-probabilities over the history's events.
+    """
+    window = encoder.config.window
+    categories = corpus.vocabs["category"]
+
+    @torch.no_grad()
+    def run(examples: Sequence[Example]) -> tuple[dict[str, Tensor], Tensor]:
+        features, mask = collate_events(
+            [encoded(ex.history, corpus.vocabs, window) for ex in examples], window
+        )
+        hidden = encoder(features, mask).hidden  # (B, T, D)
+        return encoder.next_event_logits(hidden), mask
+
+    def score_items(examples: Sequence[Example]) -> Tensor:
+        logits, mask = run(examples)
+        last = mask.sum(dim=1) - 1  # (B,)
+        return logits["item"][torch.arange(len(examples)), last]  # (B, V)
+
+    def predict_genre(examples: Sequence[Example]) -> list[str | None]:
+        logits, mask = run(examples)
+        logp = logits["category"].log_softmax(dim=-1) * mask[..., None]  # (B, T, C)
+        mean = logp.sum(dim=1) / mask.sum(dim=1, keepdim=True)  # (B, C)
+        mean[:, :2] = -torch.inf  # never predict pad / unknown
+        return [categories.decode(int(i)) for i in mean.argmax(dim=-1)]
+
+    return score_items, predict_genre
+
+
+# --- output ---
+
+
+def write_results(results: list[dict[str, Any]], out_dir: str | Path) -> Path:
+    """results.json, results.md and plots/ in `out_dir`; returns the JSON path."""
+    from training.results import markdown_table, plot_results
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown_table(results) + "\n", encoding="utf-8")
+    plot_results(results, out / "plots")
+    return path
+
+
+def command_line() -> str:
+    """The `python -m training ...` invocation of this process (shell-quoted), or "" when imported."""
+    if not sys.argv[0].endswith(("training", "__main__.py")):
+        return ""
+    return "python -m training " + shlex.join(sys.argv[1:])
+
+
+def main(cfg: EvalConfig) -> dict[str, Any]:
+    ck = load_checkpoint(cfg.checkpoint)
+    corpus = load_corpus(
+        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
+        vocabs=vocabs_from_dict(ck.extras["vocab"]),
+    )  # fmt: skip
+    examples = corpus.examples(cfg.split)
+    if ck.manifest["kind"] == "encoder":
+        encoder, _, _ = load_encoder(cfg.checkpoint)
+        score_items, predict_genre = encoder_scorers(encoder, corpus)
+        result = {
+            "model": cfg.label or "sequence-only (pretrained encoder item head)",
+            "next_item": evaluate_next_item(
+                score_items, corpus, examples, ks=cfg.k_list, batch_size=cfg.batch_size
+            ),
+            "favourite_category": evaluate_genre(predict_genre, examples, batch_size=cfg.batch_size),
+        }
+    else:
+        from training.finetune import evaluate_userllm
+
+        result = evaluate_userllm(cfg, ck, corpus, examples)
+    result.update(
+        dataset=corpus.dataset.name, split=cfg.split, checkpoint=str(cfg.checkpoint),
+        model_version=ck.model_version, data_sha256=corpus.data_sha256, eval_config=asdict(cfg),
+        command=command_line(),
+    )  # fmt: skip
+    write_results([result], cfg.out_dir)
+    return result

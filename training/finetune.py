@@ -1,0 +1,257 @@
+"""Fine-tuning of USER-LLM: pretrained user encoder + Perceiver + LLM on next-item / genre / review.
+
+USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598) Sec. 3-4: the pretrained encoder's outputs are
+compressed to 16 `user_tokens` and contextualize the LLM through gated cross-attention (default) or
+a soft prompt; strategies full / enc / lora / proj choose what trains (models/strategies.py). Tasks
+alternate step by step (step % number of tasks). Validation on the held-out validation events:
+next-item Recall@10 over the full catalogue and genre accuracy; the best validation loss is saved.
+
+Checkpoint (`out_dir`, kind "userllm", the format `models/personalized.py` documents): trainable
+weights + the whole user tower + heads, `config.json` = asdict(UserLLMConfig), manifest with the
+backbone id (content hash) and folder, the encoder's model_version, data hash, git SHA, seed, config.
+
+    python -m training finetune --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.backbone import backbone_id, load_backbone
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from models.personalized import PersonalizedLM, UserLLMConfig
+from models.strategies import apply_strategy
+from models.user_encoder import UserEncoderConfig
+from training.config import EvalConfig, FinetuneConfig, get_lr, seed_everything
+from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
+from training.data import Example, favourite_category
+from training.metrics import ranking_metrics, rouge, target_ranks
+from training.pretrain import batch_order
+from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
+from training.tasks import TaskRunner, build_config, default_backbone_dir, training_examples
+
+__all__ = ["evaluate_userllm", "load_userllm", "main"]
+
+
+# --- model ---
+
+
+def build_model(
+    cfg: FinetuneConfig, encoder_ck: Checkpoint, corpus: Corpus
+) -> tuple[PersonalizedLM, Any, str]:
+    """Backbone + pretrained encoder -> PersonalizedLM with the strategy applied; (model, tokenizer, dir)."""
+    backbone_dir = cfg.backbone_dir or default_backbone_dir()
+    backbone, tokenizer = load_backbone(backbone_dir, dtype=getattr(torch, cfg.backbone_dtype))
+    config = build_config(
+        encoder=UserEncoderConfig(**encoder_ck.config["encoder"]), corpus=corpus, mode=cfg.mode,
+        strategy=cfg.strategy, num_user_tokens=cfg.num_user_tokens, every_n=cfg.cross_attn_every_n_layers,
+        backbone=Path(backbone_dir).name,
+    )  # fmt: skip
+    model = PersonalizedLM(config, backbone)
+    for head in (model.item_head, model.category_head):  # start at uniform scores, not random ones
+        torch.nn.init.zeros_(head.proj.weight)
+        torch.nn.init.zeros_(head.proj.bias)
+    load_state_strict(model.tower.encoder, encoder_ck.state_dict)
+    heads = torch.nn.ModuleList([model.item_head, model.category_head])
+    apply_strategy(
+        llm=model.llm, encoder=model.tower.encoder, perceiver=model.tower.perceiver, strategy=cfg.strategy,
+        heads=heads,
+    )  # fmt: skip
+    return model, tokenizer, backbone_dir
+
+
+def load_userllm(ck: Checkpoint, backbone_dir: str | None = None) -> tuple[PersonalizedLM, Any]:
+    """Rebuild a fine-tuned model from its checkpoint; refuses a backbone whose id differs."""
+    directory = backbone_dir or ck.manifest.get("backbone_dir") or default_backbone_dir()
+    if not Path(directory).is_dir():
+        directory = default_backbone_dir()
+    expected = ck.manifest.get("backbone_id")
+    if expected and backbone_id(directory) != expected:
+        raise CheckpointError(
+            f"backbone {directory} has id {backbone_id(directory)}, checkpoint wants {expected}"
+        )
+    dtype = (ck.manifest.get("train_config") or {}).get("backbone_dtype", "float32")
+    backbone, tokenizer = load_backbone(directory, dtype=getattr(torch, dtype))
+    model = PersonalizedLM(UserLLMConfig(**ck.config), backbone)
+    model.load_checkpoint_state(ck)
+    return model.eval(), tokenizer
+
+
+# --- validation ---
+
+
+@torch.no_grad()
+def validate(runner: TaskRunner, examples: Sequence[Example], tasks: Sequence[str], batch_size: int) -> dict:
+    """Mean task loss (the model-selection value) + next-item Recall@10 / genre accuracy."""
+    runner.model.eval()
+    losses: dict[str, list[float]] = {t: [] for t in tasks}
+    ranks, genre_hits = [], []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        for task in tasks:
+            losses[task].append(float(runner.loss(chunk, task)) * len(chunk))
+        if "next_item" in tasks:
+            ranks.append(target_ranks(runner.scores(chunk, "next_item"), runner.labels(chunk, "next_item")))
+        if "favourite_category" in tasks:
+            pred = runner.scores(chunk, "favourite_category").argmax(dim=-1)
+            genre_hits.append((pred == runner.labels(chunk, "favourite_category")).float())
+    runner.model.train()
+    out = {f"val_{t}": sum(v) / max(1, len(examples)) for t, v in losses.items()}
+    if ranks:
+        out.update({f"val_{k}": v for k, v in ranking_metrics(torch.cat(ranks), ks=(10,)).items()})
+    if genre_hits:
+        out["val_genre_acc"] = float(torch.cat(genre_hits).mean())
+    out["val"] = sum(out[f"val_{t}"] for t in tasks) / len(tasks)
+    return out
+
+
+def save_userllm(directory: str | Path, model: PersonalizedLM, corpus: Corpus, cfg: FinetuneConfig,
+                 extra: dict[str, Any]) -> str:  # fmt: skip
+    manifest = {
+        "dataset": corpus.dataset.name, "data_sha256": corpus.data_sha256, "git_sha": git_sha(),
+        "seed": cfg.seed, "train_config": asdict(cfg), "tasks": list(cfg.task_list), **extra,
+    }  # fmt: skip
+    return save_checkpoint(
+        directory, model.checkpoint_state(), config=asdict(model.config), kind="userllm", trainable_only=True,
+        manifest=manifest, extras=corpus.extras(),
+    )  # fmt: skip
+
+
+# --- training ---
+
+
+def build_pools(corpus: Corpus, tasks: Sequence[str], window: int) -> dict[str, list[Example]]:
+    """Training examples per task: every cut of the train timelines (genre: with a labelled history;
+    review: with a target review text)."""
+    cuts = training_examples(corpus, window)
+    keep = {
+        "next_item": lambda ex: True,
+        "favourite_category": lambda ex: favourite_category(ex.history) is not None,
+        "review": lambda ex: bool(ex.target.text),
+    }
+    pools = {task: [ex for ex in cuts if keep[task](ex)] for task in tasks}
+    empty = [t for t, p in pools.items() if not p]
+    if empty:
+        raise ValueError(f"no training examples for task(s) {empty} in {corpus.dataset.name}")
+    return pools
+
+
+def main(cfg: FinetuneConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    encoder_ck = load_checkpoint(cfg.encoder_dir)
+    corpus = load_corpus(
+        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
+        vocabs=vocabs_from_dict(encoder_ck.extras["vocab"]),
+    )  # fmt: skip
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    model, tokenizer, backbone_dir = build_model(cfg, encoder_ck, corpus)
+    runner = TaskRunner(model, tokenizer, corpus, cfg.max_prompt_tokens, cfg.max_review_tokens)
+    window = model.config.tower.encoder.window
+    pools = build_pools(corpus, cfg.task_list, window)
+    # validate on the classification tasks when there are any (cheap), else on the review loss
+    val_tasks = [t for t in cfg.task_list if t != "review"] or ["review"]
+    valid = [ex for ex in corpus.splits.valid if val_tasks != ["review"] or ex.target.text]
+    valid = valid[: cfg.eval_users or None]
+    total = cfg.steps
+    run_dir = Path(cfg.resolved_run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = configure_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
+    step, best_val, val = 0, math.inf, None
+    if cfg.resume:
+        model.load_checkpoint_state(load_checkpoint(run_dir / LAST))
+        state = load_trainer_state(run_dir, optimizer)
+        step, best_val, val = state["step"], state["best_val"], state.get("val")
+    extra_manifest = {
+        "backbone_id": backbone_id(backbone_dir), "backbone_dir": str(backbone_dir),
+        "encoder_model_version": encoder_ck.model_version,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }  # fmt: skip
+    log = RunLog(run_dir, start=step, total=total, progress=cfg.progress, resume=cfg.resume)
+    log.note(f"fine-tuning {extra_manifest['trainable_parameters']:,} trainable parameters "
+             f"({cfg.mode}, {cfg.strategy}) on {', '.join(f'{t} {len(p):,}' for t, p in pools.items())} "
+             f"examples, steps {step} -> {total}")  # fmt: skip
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, loss_count, record = 0.0, 0, {}
+    task_names = list(pools)
+    while step < total:
+        lr = get_lr(step, cfg, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        task = task_names[step % len(task_names)]
+        pool = pools[task]
+        batch = [pool[i] for i in batch_order(step // len(task_names), len(pool), cfg.batch_size, cfg.seed)]
+        loss = runner.loss(batch, task)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        log.step()
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        extra: dict[str, float] = {}
+        if step % cfg.eval_interval == 0 or step == total:
+            extra = validate(runner, valid, val_tasks, cfg.batch_size)
+            val = extra.pop("val")
+            if val < best_val:
+                best_val = val
+                save_userllm(
+                    cfg.out_dir, model, corpus, cfg, {**extra_manifest, "step": step, "best_val": val}
+                )
+        if step % cfg.log_interval == 0 or step == total or extra:
+            record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, task=task, **extra)
+            loss_sum, loss_count = 0.0, 0
+        if step % cfg.save_interval == 0 or step == total:
+            save_userllm(run_dir / LAST, model, corpus, cfg, {**extra_manifest, "step": step})
+            save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
+    log.close()
+    return {"step": step, "best_val": best_val, "last": record, "out_dir": cfg.out_dir,
+            "run_dir": str(run_dir), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+
+
+# --- evaluation (python -m training evaluate --checkpoint=<userllm dir>) ---
+
+
+@torch.no_grad()
+def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: Sequence[Example]) -> dict:
+    """Next-item (both protocols), favourite genre and, for review-trained models, ROUGE."""
+    from training.evaluate import evaluate_genre, evaluate_next_item
+
+    model, tokenizer = load_userllm(ck)
+    runner = TaskRunner(model, tokenizer, corpus)
+    tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
+    cats = corpus.vocabs["category"]
+    result: dict[str, Any] = {
+        "model": cfg.label or f"USER-LLM ({model.config.llm.mode}, {model.config.strategy})"
+    }
+    if "next_item" in tasks:
+        result["next_item"] = evaluate_next_item(
+            lambda chunk: runner.scores(chunk, "next_item"), corpus, examples, ks=cfg.k_list,
+            batch_size=min(cfg.batch_size, 32),
+        )  # fmt: skip
+    if "favourite_category" in tasks:
+
+        def predict_genre(chunk: Sequence[Example]) -> list[str | None]:
+            return [cats.decode(int(i)) for i in runner.scores(chunk, "favourite_category").argmax(-1)]
+
+        result["favourite_category"] = evaluate_genre(
+            predict_genre, examples, batch_size=min(cfg.batch_size, 32)
+        )
+    if "review" in tasks:
+        with_text = [ex for ex in examples if ex.target.text]
+        random.Random(cfg.seed).shuffle(with_text)
+        chosen = with_text[: cfg.max_review_examples]
+        preds = [p for i in range(0, len(chosen), 8) for p in runner.generate_reviews(chosen[i : i + 8], 48)]
+        result["review"] = {**rouge(preds, [ex.target.text or "" for ex in chosen]), "examples": len(chosen)}
+    return result

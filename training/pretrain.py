@@ -1,0 +1,211 @@
+"""Self-supervised pretraining of the USER-LLM user encoder: predict every feature of the next event.
+
+USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598) Sec. 3.1: the autoregressive encoder reads
+windows of 50 events and is trained with the mean of the per-feature next-event cross-entropies
+(`UserEncoder.pretrain_loss`). Windows come from the TRAIN part of the leave-last-out split, so the
+validation and test targets are never seen. Validation = the same loss at the held-out validation
+event (history -> target), plus its full-ranking Recall@10.
+
+Reads top to bottom like nanoGPT `train.py`; split into `main -> fit -> validate` like litgpt.
+
+    python -m training pretrain-encoder --dataset=movielens-latest --out_dir=checkpoints/encoder
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from models.event_embedding import FeatureConfig
+from models.features import collate_events
+from models.user_encoder import UserEncoder, UserEncoderConfig
+from training.config import TrainConfig, get_lr, seed_everything
+from training.corpus import Corpus, git_sha, load_corpus
+from training.data import Vocab, encode_events, sliding_windows
+from training.metrics import ranking_metrics, target_ranks
+from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
+
+__all__ = ["encoder_config", "last_event_losses", "main", "save_encoder", "validate"]
+
+Batch = tuple[dict[str, Tensor], Tensor]
+
+
+# --- helpers ---
+
+
+def encoder_config(cfg: TrainConfig, vocabs: dict[str, Vocab]) -> UserEncoderConfig:
+    """Encoder config with the data's vocabulary sizes (at least 3: pad, unknown, one value)."""
+    dims = {"item": cfg.item_dim, "category": cfg.category_dim, "rating": cfg.rating_dim}
+    features = tuple(
+        FeatureConfig(name=n, vocab_size=max(3, len(vocabs[n])), multi_valued=n == "category", dim=dims[n])
+        for n in ("item", "category", "rating")
+    )
+    return UserEncoderConfig(
+        features=features, fusion=cfg.fusion, d_model=cfg.d_model, n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads, window=cfg.window, dropout=cfg.dropout,
+    )  # fmt: skip
+
+
+def batch_order(step: int, num: int, batch_size: int, seed: int) -> list[int]:
+    """Window indices of `step`: a fresh seeded permutation per epoch, so resuming replays exactly."""
+    per_epoch = max(1, math.ceil(num / batch_size))
+    epoch, index = divmod(step, per_epoch)
+    perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed + epoch))
+    return perm[index * batch_size : (index + 1) * batch_size].tolist()
+
+
+def last_event_losses(
+    encoder: UserEncoder, features: dict[str, Tensor], mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Next-event loss at the LAST real event only (its history predicts it).
+
+    Returns:
+        loss: (B,) mean over features of the cross-entropies; item_logits: (B, V) scores of the target.
+    """
+    n = mask.sum(dim=1)  # (B,) events incl. the target
+    rows = torch.arange(mask.shape[0])
+    hidden = encoder(features, mask).hidden[rows, n - 2]  # (B, D) state after the history
+    logits = encoder.next_event_logits(hidden[:, None])  # name -> (B, 1, V)
+    losses = []
+    for f in encoder.config.features:
+        logp = logits[f.name][:, 0].float().log_softmax(dim=-1)  # (B, V)
+        target = features[f.name][rows, n - 1]  # (B,) or (B, K)
+        if f.multi_valued:
+            soft = torch.zeros_like(logp).scatter_(-1, target, 1.0)
+            soft[:, 0] = 0.0
+            count = soft.sum(dim=-1)
+            loss = torch.where(
+                count > 0, -(soft * logp).sum(-1) / count.clamp(min=1), torch.zeros_like(count)
+            )
+        else:
+            loss = F.nll_loss(logp, target, reduction="none")
+        losses.append(loss)
+    return torch.stack(losses).mean(dim=0), logits["item"][:, 0]
+
+
+def validation_batches(corpus: Corpus, cfg: TrainConfig) -> list[tuple[Batch, Tensor]]:
+    """Validation examples as (history[-(window-1):] + target) batches with their target ids."""
+    examples = corpus.splits.valid[: cfg.eval_users or None]
+    out = []
+    for i in range(0, len(examples), 256):
+        chunk = examples[i : i + 256]
+        seqs = [encode_events([*ex.history[-(cfg.window - 1) :], ex.target], corpus.vocabs) for ex in chunk]
+        features, mask = collate_events(seqs, max_len=cfg.window)
+        targets = torch.tensor([s["item"][-1] for s in seqs])
+        out.append(((features, mask), targets))
+    return out
+
+
+@torch.no_grad()
+def validate(encoder: UserEncoder, batches: Sequence[tuple[Batch, Tensor]]) -> dict[str, float]:
+    """Mean next-event loss at the held-out event and its full-ranking Recall@10 / NDCG@10."""
+    encoder.eval()
+    losses, ranks = [], []
+    for (features, mask), targets in batches:
+        loss, item_logits = last_event_losses(encoder, features, mask)
+        losses.append(loss)
+        ranks.append(target_ranks(item_logits, targets))
+    encoder.train()
+    if not losses:
+        return {"val": float("nan")}
+    metrics = ranking_metrics(torch.cat(ranks), ks=(10,))
+    return {"val": float(torch.cat(losses).mean()), **{f"val_{k}": v for k, v in metrics.items()}}
+
+
+def save_encoder(
+    directory: str | Path, encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, **manifest: Any
+) -> str:
+    """Write the encoder checkpoint directory (weights, config, manifest, vocab, catalogue)."""
+    meta = {
+        "dataset": corpus.dataset.name, "data_sha256": corpus.data_sha256, "data_files": corpus.data_files,
+        "git_sha": git_sha(), "seed": cfg.seed, "train_config": asdict(cfg), **manifest,
+    }  # fmt: skip
+    return save_checkpoint(
+        directory, encoder.state_dict(), config={"encoder": asdict(encoder.config)}, kind="encoder",
+        trainable_only=False, manifest=meta, extras=corpus.extras(),
+    )  # fmt: skip
+
+
+# --- training ---
+
+
+def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[dict], total: int) -> dict:
+    run_dir = Path(cfg.resolved_run_dir)
+    optimizer = configure_optimizer(encoder, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
+    step, best_val, val = 0, math.inf, None
+    if cfg.resume:
+        load_state_strict(encoder, load_checkpoint(run_dir / LAST).state_dict)
+        state = load_trainer_state(run_dir, optimizer)
+        step, best_val, val = state["step"], state["best_val"], state.get("val")
+    val_batches = validation_batches(corpus, cfg)
+    log = RunLog(run_dir, start=step, total=total, progress=cfg.progress, resume=cfg.resume)
+    log.note(f"pretraining {sum(p.numel() for p in encoder.parameters()):,} parameters on "
+             f"{len(windows):,} windows, steps {step} -> {total}")  # fmt: skip
+    encoder.train()
+    loss_sum, loss_count, record = 0.0, 0, {}
+    while step < total:
+        lr = get_lr(step, cfg, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        features, mask = collate_events(
+            [windows[i] for i in batch_order(step, len(windows), cfg.batch_size, cfg.seed)],
+            max_len=cfg.window,
+        )
+        loss = encoder.pretrain_loss(features, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        log.step()
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        extra: dict[str, float] = {}
+        if step % cfg.eval_interval == 0 or step == total:
+            extra = validate(encoder, val_batches)
+            val = extra.pop("val")
+            if val < best_val:
+                best_val = val
+                save_encoder(cfg.out_dir, encoder, corpus, cfg, step=step, best_val=val)
+        if step % cfg.log_interval == 0 or step == total or extra:
+            record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, **extra)
+            loss_sum, loss_count = 0.0, 0
+        if step % cfg.save_interval == 0 or step == total:
+            save_encoder(run_dir / LAST, encoder, corpus, cfg, step=step)
+            save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
+    log.close()
+    return {"step": step, "best_val": best_val, "last": record}
+
+
+def main(cfg: TrainConfig) -> dict:
+    """Load data, build the encoder, train, and return a summary (best val, paths)."""
+    start = time.perf_counter()
+    corpus = load_corpus(cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
+    windows = [
+        encode_events(w.events, corpus.vocabs)
+        for w in sliding_windows(corpus.splits.train, window=cfg.window, stride=cfg.stride)
+    ]
+    if not windows:
+        raise ValueError(f"{cfg.dataset}: no training window of >= 2 events")
+    total = cfg.steps if cfg.epochs <= 0 else math.ceil(cfg.epochs * math.ceil(len(windows) / cfg.batch_size))
+    cfg = dataclasses.replace(cfg, steps=total)  # the resolved config goes into the manifest
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    encoder = UserEncoder(encoder_config(cfg, corpus.vocabs))
+    Path(cfg.resolved_run_dir).mkdir(parents=True, exist_ok=True)
+    summary = fit(encoder, corpus, cfg, windows, total)
+    summary.update(
+        out_dir=cfg.out_dir, run_dir=cfg.resolved_run_dir, seconds=round(time.perf_counter() - start, 1)
+    )
+    return summary

@@ -1,0 +1,125 @@
+"""Training-loop plumbing shared by pretraining and fine-tuning: optimizer, log lines, resume state.
+
+Run directory layout (the checkpoint directory `out_dir` holds only the best-validation weights):
+
+    run_dir/log.jsonl          one JSON object per log line: iter, loss, val, lr, ms, ...
+    run_dir/last/              checkpoint directory with the latest weights (every save_interval)
+    run_dir/trainer_state.pt   optimizer, step, best val, RNG states (pickle; resume only)
+
+References: nanoGPT `train.py` (`configure_optimizers` decay groups, the log f-string); litgpt
+`finetune/full.py` (`fit` / `validate`, resume from a state file); STYLE.md items 8-9.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+__all__ = ["RunLog", "configure_optimizer", "load_trainer_state", "save_trainer_state"]
+
+TRAINER_STATE = "trainer_state.pt"
+LOG_FILE = "log.jsonl"
+LAST = "last"
+
+
+def configure_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, beta2: float
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, weight decay on Linear matrices only (nanoGPT's rule:
+    no decay on biases, norms and embedding tables)."""
+    no_decay_ids = {
+        id(p) for m in model.modules() if isinstance(m, nn.Embedding | nn.LayerNorm) for p in m.parameters()
+    }
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 and id(param) not in no_decay_ids else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
+
+
+# --- resume state ---
+
+
+def save_trainer_state(
+    run_dir: str | Path, *, optimizer: torch.optim.Optimizer, step: int, **extra: Any
+) -> None:
+    """Write run_dir/trainer_state.pt atomically: optimizer, step, RNG states and `extra` values."""
+    path = Path(run_dir) / TRAINER_STATE
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        **extra,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_trainer_state(run_dir: str | Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the optimizer and RNG states; returns the whole state (step, best_val, ...)."""
+    path = Path(run_dir) / TRAINER_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trainer state to resume from (train without --resume first)")
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file; holds RNG tuples
+    optimizer.load_state_dict(state["optimizer"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+# --- logging ---
+
+
+class RunLog:
+    """Progress bar + one log line per `log_interval` + the same values in run_dir/log.jsonl."""
+
+    def __init__(self, run_dir: str | Path, *, start: int, total: int, progress: bool, resume: bool) -> None:
+        self.path = Path(run_dir) / LOG_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume and self.path.exists():
+            self.path.unlink()
+        elif self.path.exists():  # drop lines written after the resumed step by an interrupted run
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["iter"] <= start]
+            self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        self.bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
+        self.tick = time.perf_counter()
+        self.steps_since = 0
+
+    def step(self) -> None:
+        self.steps_since += 1
+        self.bar.update(1)
+
+    def log(self, step: int, *, loss: float, val: float | None, lr: float, **extra: Any) -> dict[str, Any]:
+        """Print `iter 120 | loss 2.3141 | val 2.4012 | lr 3.0e-4 | 41.2 ms` and append it as JSON."""
+        now = time.perf_counter()
+        ms = 1000.0 * (now - self.tick) / max(1, self.steps_since)
+        self.tick, self.steps_since = now, 0
+        val_text = f"{val:.4f}" if val is not None else "-"
+        line = f"iter {step} | loss {loss:.4f} | val {val_text} | lr {lr:.1e} | {ms:.1f} ms"
+        record = {"iter": step, "loss": round(loss, 6), "val": val, "lr": lr, "ms": round(ms, 2), **extra}
+        tqdm.write(line)
+        self.bar.set_postfix(loss=f"{loss:.3f}", val=val_text)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return record
+
+    def note(self, message: str) -> None:
+        tqdm.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
