@@ -37,6 +37,7 @@ from service.schemas import (
     RecommendResponse,
     UserInfo,
 )
+from service.serve import serve
 from service.settings import Settings, get_settings
 from service.streams import publish
 from service.user_store import read_user_info
@@ -206,11 +207,8 @@ def _routes(app: FastAPI) -> None:
 
 
 def main() -> None:
-    import uvicorn
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    serve(create_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from service.schemas import (
     RecommendRequest,
     RecommendResponse,
 )
+from service.serve import serve
 from service.settings import Settings, get_settings
 from service.sse import sse
 from service.user_store import StoredEvent, read_history, read_seen_items, read_tokens
@@ -261,11 +262,8 @@ async def _stream(state: State, job: GenerateJob, info: dict[str, Any]) -> Async
 
 
 def main() -> None:
-    import uvicorn
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.generator_port, log_level="info")
+    serve(create_app(settings), host=settings.host, port=settings.generator_port)
 
 
 if __name__ == "__main__":

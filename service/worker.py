@@ -196,9 +196,10 @@ async def main() -> None:
     from prometheus_client import start_http_server
 
     from service.redis_conn import create_redis
+    from service.serve import configure_logging
     from service.settings import get_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     settings = get_settings()
     if not settings.redis_url:
         raise SystemExit("USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)")
