@@ -155,7 +155,7 @@ def _routes(app: FastAPI) -> None:
     ) -> EventsAccepted:
         events = parse_events(body)
         items = await known_items(state)
-        unknown = 0 if items is None else sum(e.item_id not in items for e in events)
+        unknown = None if items is None else sum(e.item_id not in items for e in events)
         try:
             queued, duplicates = await publish(
                 state["redis"], state["keys"], events, maxlen=state["settings"].stream_maxlen
@@ -164,7 +164,7 @@ def _routes(app: FastAPI) -> None:
             raise StoreUnavailable(f"could not queue events: {exc}") from exc
         metrics.EVENTS_ACCEPTED.inc(queued)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
-        metrics.UNKNOWN_ITEMS.labels("gateway").inc(unknown)
+        metrics.UNKNOWN_ITEMS.labels("gateway").inc(unknown or 0)
         return EventsAccepted(accepted=queued, unknown_items=unknown, duplicates=duplicates)
 
     @app.post("/recommend", response_model=RecommendResponse, tags=["serving"])

@@ -45,7 +45,10 @@ class EventBatch(Strict):
 
 class EventsAccepted(BaseModel):
     accepted: int
-    unknown_items: int = Field(description="events whose item is not in the model's catalogue (kept)")
+    unknown_items: int | None = Field(
+        description="events whose item is not in the model's catalogue (kept); null while the catalogue "
+        "is unavailable (generation server down; the worker still counts them per user)"
+    )
     duplicates: int = Field(description="events whose event_id was seen before (not queued again)")
 
 

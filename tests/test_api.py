@@ -319,6 +319,7 @@ async def test_generation_server_down_gives_503_with_retry_after(settings) -> No
             assert_envelope(await client.get("/readyz"), 503, "EngineUnavailable")
             accepted = await client.post("/events", json=events("u", [1]))
             assert accepted.status_code == 202  # ingestion does not need the generator
+            assert accepted.json() == {"accepted": 1, "unknown_items": None, "duplicates": 0}
             assert (await client.get("/healthz")).status_code == 200
 
 
