@@ -115,7 +115,7 @@ def main() -> None:
 
     # --- score ---
     score_jobs = [
-        ScoreJob(UserInput(user_tokens[i]), k=10, exclude={engine.codec.items.get(e.item_id, 1) for e in h})
+        ScoreJob(UserInput(user_tokens[i]), k=10, exclude={engine.codec.items.encode(e.item_id) for e in h})
         for i, h in enumerate(histories[:N_SCORE])
     ]
     score = interleaved(

@@ -16,7 +16,9 @@ from typing import Any
 
 from benchmarks.harness import DATA_DIR
 from models.event_embedding import FeatureConfig
-from service.codec import FeatureCodec, item_sort_key, rating_token
+from models.vocab import format_rating as rating_token
+from models.vocab import item_sort_key
+from service.codec import FeatureCodec
 from service.user_store import StoredEvent
 
 NO_GENRE = frozenset({"(no genres listed)", ""})

@@ -155,7 +155,7 @@ def _routes(app: FastAPI) -> None:
             "model_version": engine.model_version,
             "device": engine.device,
             "mode": engine.model.config.llm.mode,
-            "items": engine.codec.item_tokens[2:],
+            "items": list(engine.codec.items.tokens[2:]),
         }
 
     @app.post("/v1/recommend", response_model=RecommendResponse)
@@ -165,11 +165,11 @@ def _routes(app: FastAPI) -> None:
         exclude: set[int] = set()
         if body.exclude_seen:
             seen = await read_seen_items(state["redis"], state["keys"], body.user_id)
-            exclude = {engine.codec.items[i] for i in seen if i in engine.codec.items}
+            exclude = {engine.codec.items.encode(i) for i in seen if i in engine.codec.items}
         result = await state["scorer"].submit(ScoreJob(user, k=body.k, exclude=exclude))
         items = [
             RecommendedItem(
-                item_id=(iid := engine.codec.item_tokens[idx]),
+                item_id=(iid := engine.codec.items.decode(idx)),
                 title=engine.codec.title(iid),
                 score=score,
                 rank=rank + 1,
@@ -199,7 +199,7 @@ def _routes(app: FastAPI) -> None:
         )
         if body.task == "genre":
             scored = await state["scorer"].submit(ScoreJob(user, k=1))
-            genres = [(engine.codec.category_tokens[i], p) for i, p in scored.categories]
+            genres = [(engine.codec.categories.decode(i), p) for i, p in scored.categories]
             return GenerateResponse(
                 **info,
                 text=genres[0][0],

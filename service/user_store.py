@@ -18,7 +18,7 @@ from typing import Any, cast
 import numpy as np
 import redis.asyncio as aioredis
 
-from service.codec import item_sort_key
+from models.vocab import item_sort_key
 from service.keys import Keys
 
 # KEYS: hist, evt, emb, state, seen, items. ARGV[1]: expected revision ("" = no record yet),

@@ -15,20 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from models.vocab import item_sort_key
+
 TieBreak = Literal["item", "file"]
 TIE_BREAKS: tuple[str, ...] = ("item", "file")
-
-
-def item_sort_key(item_id: str) -> tuple[int, int, str]:
-    """Natural order of ids: numeric ids as integers first, then the others as strings."""
-    if item_id.isdigit():
-        return (0, int(item_id), "")
-    return (1, 0, item_id)
-
-
-def format_rating(rating: float | None) -> str | None:
-    """Canonical rating token: one decimal (`4.0`, `4.5`); None stays None."""
-    return None if rating is None else f"{float(rating):.1f}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,91 +1,21 @@
-"""Vocabularies and the integer encoding the models consume (pure Python lists, no torch).
+"""Building vocabularies from data sets, and the integer encoding the models consume (pure Python).
 
-Every vocabulary reserves id 0 for padding and id 1 for unknown tokens; real tokens follow in a
-deterministic order (items: natural id order, numeric ids as integers; categories: string order;
-ratings: numeric order of their canonical strings, e.g. "0.5" < "4.0" < "4.5"). A vocabulary
-serialises to a JSON-friendly dict with `to_dict` / `from_dict`.
+`Vocab` itself lives in `models/vocab.py` (the checkpoint carries it and the service reads it);
+this module builds the `item` / `category` / `rating` vocabularies of a data set: items in natural
+id order, categories in string order, ratings in numeric order of their canonical strings
+("0.5" < "4.0" < "4.5").
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from training.data.timeline import Dataset, Event, format_rating, item_sort_key
+from models.vocab import PAD_ID, PAD_TOKEN, UNK_ID, UNK_TOKEN, Vocab, format_rating
+from training.data.timeline import Dataset, Event
 
-PAD_TOKEN = "<pad>"
-UNK_TOKEN = "<unk>"
-PAD_ID = 0
-UNK_ID = 1
+__all__ = ["FEATURES", "PAD_ID", "PAD_TOKEN", "UNK_ID", "UNK_TOKEN", "Vocab", "build_vocabs", "encode_events"]
 FEATURES: tuple[str, ...] = ("item", "category", "rating")  # keys of build_vocabs / encode_events
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Token <-> id map with `<pad>` = 0 and `<unk>` = 1."""
-
-    tokens: tuple[str, ...]  # every token by id, specials included
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.tokens[:2] != (PAD_TOKEN, UNK_TOKEN):
-            raise ValueError(f"a Vocab starts with {PAD_TOKEN!r}, {UNK_TOKEN!r}; got {self.tokens[:2]}")
-        index = {token: i for i, token in enumerate(self.tokens)}
-        if len(index) != len(self.tokens):
-            raise ValueError("duplicate tokens in Vocab")
-        object.__setattr__(self, "_index", index)
-
-    @classmethod
-    def build(
-        cls,
-        tokens: Iterable[str],
-        *,
-        min_count: int = 1,
-        sort_key: Callable[[str], Any] = item_sort_key,
-    ) -> Vocab:
-        """Vocabulary of the tokens seen at least `min_count` times, ordered by `sort_key`."""
-        counts = Counter(tokens)
-        kept = sorted(
-            (t for t, n in counts.items() if n >= min_count and t not in (PAD_TOKEN, UNK_TOKEN)), key=sort_key
-        )
-        return cls((PAD_TOKEN, UNK_TOKEN, *kept))
-
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def unk_id(self) -> int:
-        return UNK_ID
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __contains__(self, token: object) -> bool:
-        return token in self._index
-
-    def encode(self, token: str | None) -> int:
-        """Id of the token; unknown or None -> `<unk>`."""
-        if token is None:
-            return UNK_ID
-        return self._index.get(token, UNK_ID)
-
-    def decode(self, token_id: int) -> str:
-        """Token of an id (IndexError when out of range)."""
-        if not 0 <= token_id < len(self.tokens):
-            raise IndexError(f"id {token_id} outside vocabulary of size {len(self.tokens)}")
-        return self.tokens[token_id]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pad": PAD_TOKEN, "unk": UNK_TOKEN, "tokens": list(self.tokens[2:])}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Vocab:
-        if data.get("pad") != PAD_TOKEN or data.get("unk") != UNK_TOKEN:
-            raise ValueError(f"not a Vocab dict: pad/unk must be {PAD_TOKEN!r}/{UNK_TOKEN!r}")
-        return cls((PAD_TOKEN, UNK_TOKEN, *(str(t) for t in data["tokens"])))
 
 
 def _rating_key(token: str) -> tuple[float, str]:
