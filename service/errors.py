@@ -37,18 +37,6 @@ class ItemNotFound(ServiceError):
     status_code = 404
 
 
-class EmbeddingNotReady(ServiceError):
-    status_code = 409
-
-
-class InvalidRequest(ServiceError):
-    status_code = 422
-
-
-class InvalidSamplingParams(InvalidRequest):
-    pass
-
-
 class EngineOverloaded(ServiceError):
     status_code = 503
 

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
-import numpy as np
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -26,6 +25,7 @@ from prometheus_client import make_asgi_app
 from models.generation import SamplingParams
 from service import metrics
 from service.batching import MicroBatcher
+from service.encoding import Encoded
 from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine, UserInput
 from service.errors import EngineUnavailable, ItemNotFound, install_error_handlers
 from service.keys import Keys
@@ -40,7 +40,14 @@ from service.schemas import (
 from service.serve import serve
 from service.settings import Settings, get_settings
 from service.sse import sse
-from service.user_store import StoredEvent, read_history, read_seen_items, read_tokens
+from service.user_store import (
+    StoredEvent,
+    UserUpdate,
+    read_seen_items,
+    read_tokens,
+    read_users,
+    write_updates,
+)
 
 log = logging.getLogger("userllm.generator")
 
@@ -52,7 +59,7 @@ class State(TypedDict):
     engine: TorchEngine
     scorer: MicroBatcher[ScoreJob, ScoreResult]
     decoder: MicroBatcher[GenerateJob, GenerateResult]
-    encoder: MicroBatcher[list[StoredEvent], np.ndarray]
+    encoder: MicroBatcher[list[StoredEvent], Encoded]
 
 
 def create_app(settings: Settings | None = None, engine: TorchEngine | None = None) -> FastAPI:
@@ -82,7 +89,7 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
 
         scorer = batcher(eng.score_batch, "score")
         decoder = batcher(eng.generate_batch, "generate")
-        encoder = batcher(eng.encode_histories, "encode")
+        encoder = batcher(eng.tower.encode_full, "encode")
         await asyncio.to_thread(eng.score_batch, [ScoreJob(UserInput(None), k=1)])  # warm-up
         for b in (scorer, decoder, encoder):
             b.start()
@@ -124,13 +131,22 @@ async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | N
     if cached is not None and cached.model_version == engine.model_version:
         metrics.CACHE_HITS.inc()
         return UserInput(cached.user_tokens), cached.updated_at
-    history = await read_history(state["redis"], state["keys"], user_id)
-    if not history:
+    record = (await read_users(state["redis"], state["keys"], [user_id]))[user_id]
+    if not record.events:
         metrics.CACHE_MISSES.labels("no_events").inc()
         return UserInput(None), None
     metrics.CACHE_MISSES.labels("model_version" if cached is not None else "missing").inc()
-    tokens = await state["encoder"].submit(history)
-    return UserInput(tokens), time.time()
+    encoded = await state["encoder"].submit(record.events)
+    # Write the recomputed tokens back (compare-and-set: a worker's concurrent update wins), so an
+    # inactive user is re-encoded once after a model roll-out, not on every request.
+    update = UserUpdate(
+        user_id=user_id, expected_rev=record.rev, add=[], drop=[], user_tokens=encoded.user_tokens,
+        model_version=engine.model_version, n_events_encoded=encoded.n_events,
+        last_event_key=record.events[-1].key, state_kv=encoded.state, state_keys=encoded.state_keys,
+        n_unknown=0, new_items=[],
+    )  # fmt: skip
+    await write_updates(state["redis"], state["keys"], [update])
+    return UserInput(encoded.user_tokens), time.time()
 
 
 def _routes(app: FastAPI) -> None:

@@ -56,7 +56,6 @@ class Settings(BaseSettings):
     # --- HTTP ---
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535, description="port of the gateway")
-    max_events_per_request: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

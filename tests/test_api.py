@@ -202,6 +202,8 @@ async def test_stale_model_version_is_recomputed_not_served(api) -> None:
     assert stale["personalized"] is True
     assert [i["item_id"] for i in stale["items"]] == [i["item_id"] for i in fresh["items"]]
     assert 'userllm_cache_misses_total{reason="model_version"}' in (await gen.get("/metrics/")).text
+    written_back = await redis.hget(keys.emb("u4"), "model_version")
+    assert written_back.decode() == fresh["model_version"]  # recomputed once, then cached again
 
 
 async def test_generate_tasks(api) -> None:
