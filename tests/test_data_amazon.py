@@ -1,4 +1,8 @@
-"""Amazon 2018 / 2023 loaders: de-duplication, metadata cleaning, errors, the real All_Beauty file."""
+"""Amazon 2018 / 2023 loaders: de-duplication, metadata cleaning, errors, the real All_Beauty file.
+
+The fixtures are synthetic (invented ids and text) in the exact 2018 / 2023 formats; see
+`tests/fixtures/data/README.md`. The real files are only read from ../shared/data (`shared_data`).
+"""
 
 from __future__ import annotations
 
@@ -28,30 +32,40 @@ def _append_gz(path: Path, text: str) -> None:
 
 def test_2018_dedupe_on_fixture() -> None:
     ds = load_amazon_2018(FIXTURES / "amazon-2018", "All_Beauty")
-    # 10 lines: 2 byte-identical repeats, then 3 copies of one (user, text, time) under other asins
+    # 10 lines: 2 byte-identical repeats, then 3 copies of a (user, text, time) under other asins
     assert ds.counters == {"duplicate_lines": 2, "duplicate_reviews": 3}
     assert ds.num_events == 5
-    first = ds.timelines["A3CIUOJXQ5VDQ2"][-1]
-    assert (first.item, first.rating, first.summary) == ("B0000530HU", 5.0, "Five Stars")
-    assert first.text == "As advertised. Reasonably priced"
+    assert {user: len(events) for user, events in ds.timelines.items()} == {
+        "A1SYNTHUSER001": 2,
+        "A2SYNTHUSER002": 3,
+    }
+    last = ds.timelines["A1SYNTHUSER001"][-1]
+    assert (last.item, last.rating, last.summary) == ("B0SYNTH001", 5.0, "Five Stars")
+    assert last.text == "Does what it says. Fair price"  # the first copy (B0SYNTH001) is kept, not B0SYNTH002
     # same user, same day, same item, two different texts: both kept, file order
-    tied = ds.timelines["A1F4BVHEE78OVF"][:2]
-    assert [e.item for e in tied] == ["B00W259T7G", "B00W259T7G"]
-    assert ds.items["B0000530HU"].title is None  # no metadata file for All_Beauty
+    tied = ds.timelines["A2SYNTHUSER002"][:2]
+    assert [e.item for e in tied] == ["B0SYNTH004", "B0SYNTH004"]
+    assert tied[0].text == "Too large for my soap dish, it keeps sliding off."
+    assert "B0SYNTH002" not in {e.item for events in ds.timelines.values() for e in events}
+    assert ds.items["B0SYNTH001"].title is None  # no metadata file for All_Beauty
 
 
 def test_2018_metadata_titles_categories_and_feature() -> None:
     ds = load_amazon_2018(FIXTURES / "amazon-2018", "Magazine_Subscriptions")
     assert ds.name == "amazon-2018-Magazine_Subscriptions"
     assert ds.counters == {"duplicate_lines": 0, "duplicate_reviews": 2}
-    item = ds.items["B00005N7P0"]
-    assert item.title == "Future US, Inc."  # HTML-debris title -> brand
+    item = ds.items["B0SYNTHM01"]
+    assert item.title == "Synthetic Press, Inc."  # HTML-debris title -> brand
     assert item.categories == ("Magazine Subscriptions", "Technology", "Computers & Internet")  # &amp;
-    assert ds.items["B000ICB4T6"].categories[1] == "Fashion & Style"
+    assert ds.items["B0SYNTHM07"].categories[1] == "Fashion & Style"
+    assert ds.items["B0SYNTHM05"].title == "Synthetic Motoring Monthly"  # a real title is kept
     assert len(ds.items) == 10  # the repeated metadata line counts once
-    user = ds.timelines["A3OIE7IE9LTPJG"]
+    user = ds.timelines["A3SYNTHREADER1"]
     assert [e.categories for e in user][:2] == [("Technology",), ("Fashion & Style",)]  # level 2
-    assert ds.timelines["A1SFRBCMW8XVBW"][-1].categories == ()  # empty category list
+    assert user[0].text is None and user[0].summary == "Best hardware magazine around"  # no reviewText
+    other = ds.timelines["A4SYNTHREADER2"]
+    assert [e.item for e in other] == ["B0SYNTHM02", "B0SYNTHM03", "B0SYNTHM08"]  # copies on M09, M10 gone
+    assert other[-1].categories == ()  # empty category list
 
 
 def test_category_feature_and_title_rules() -> None:

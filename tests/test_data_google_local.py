@@ -1,4 +1,4 @@
-"""Google Local 2021 loader: the real Vermont metadata and a synthetic review file."""
+"""Google Local 2021 loader: synthetic metadata and review files, the real Vermont metadata."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ import pytest
 from training.data import DataFormatError, load_dataset, load_google_local, load_google_local_meta
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data" / "google-local"
-G_FARM = "0x4cb549e8877cf0d7:0xe8f003e6d73392ae"
-G_LOCKS = "0x89e02445cb9db457:0x37f42bff4edf7a43"
+# invented gmap_ids in the real "0x<hex>:0x<hex>" shape
+G_FARM = "0x4cb5000000000b02:0x5e1f000000000002"
+G_LOCKS = "0x89e0000000000a01:0x5e1f000000000001"
+G_NULL = "0x4cca000000000d04:0x5e1f000000000004"
 
 
-def test_meta_cut_dedupes_gmap_ids() -> None:
+def test_meta_dedupes_gmap_ids() -> None:
     items, skipped = load_google_local_meta(FIXTURES / "meta-Vermont.json.gz")
     assert skipped == 0 and len(items) == 4  # 6 lines, one id three times
-    assert items[G_FARM].title == "Foxglove Farm and Forest"
+    assert items[G_FARM].title == "Maple Hollow Farm and Forest"
     assert items[G_FARM].categories == ("Indoor lodging", "Farm", "Gift shop")
-    assert items["0x4cca7af821ccf30f:0xab8ac264f96f3e87"].categories == ()  # null category
+    assert items[G_LOCKS].categories[-2:] == ("Locksmith", "Safe & vault shop")
+    assert items[G_NULL].categories == ()  # null category
 
 
 def test_reviews_ms_order_categories_and_duplicates() -> None:
@@ -31,6 +34,7 @@ def test_reviews_ms_order_categories_and_duplicates() -> None:
     assert [e.item for e in user][:2] == [G_FARM, G_LOCKS]  # same second, ms order (.001 < .999)
     assert user[0].categories == ("Indoor lodging", "Farm", "Gift shop")  # multi-valued
     assert user[0].text is None and user[1].text == "Great locksmith."
+    assert user[-1].item == G_NULL and user[-1].categories == ()  # null category in the metadata
     assert ds.timelines["100000000000000000002"][-1].categories == ()  # business not in metadata
     assert load_dataset("google-local-2021", FIXTURES, state="Vermont").timelines == ds.timelines
 

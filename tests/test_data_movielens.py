@@ -1,11 +1,15 @@
-"""MovieLens loaders: every format on small fixtures, the real ML-100K and ml-latest-small."""
+"""MovieLens loaders: every format on small fixtures, the real ML-100K and ml-latest-small.
+
+The 100K/1M/10M/25M fixtures are synthetic and written at test time (`data_fixtures.py`); only the
+redistributable ml-latest-small cut is a committed folder.
+"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from data_fixtures import movielens_encoding, movielens_root_fixture, write_movielens  # noqa: F401
 
 from training.data import ML_LATEST_SMALL, DataFormatError, DatasetNotFoundError, load_dataset, load_movielens
 from training.data.stats import compute_stats
@@ -17,15 +21,11 @@ def _items(events: list) -> list[str]:
     return [event.item for event in events]
 
 
-def _copy(name: str, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
-
-
 # --- formats ---
 
 
-def test_100k_fixture_order_genres_and_latin1() -> None:
-    ds = load_movielens(FIXTURES / "ml-100k")
+def test_100k_fixture_order_genres_and_latin1(movielens_root: Path) -> None:
+    ds = load_movielens(movielens_root / "ml-100k")
     assert ds.name == "movielens-100k"
     assert list(ds.timelines) == ["1", "2", "3"]
     # user 1: item 3 at t=...240000, then items 10 and 2 tie at ...250000 -> ids as integers (2 < 10)
@@ -38,26 +38,33 @@ def test_100k_fixture_order_genres_and_latin1() -> None:
     assert ds.items["4"].categories == ()  # the "unknown" genre means no category
 
 
-def test_tie_break_file_keeps_file_order() -> None:
-    ds = load_movielens(FIXTURES / "ml-100k", tie_break="file")
+def test_tie_break_file_keeps_file_order(movielens_root: Path) -> None:
+    ds = load_movielens(movielens_root / "ml-100k", tie_break="file")
     assert _items(ds.timelines["1"]) == ["3", "10", "2", "4"]
 
 
-def test_tie_break_is_deterministic_under_row_shuffles(tmp_path: Path) -> None:
-    root = _copy("ml-100k", tmp_path)
+def test_tie_break_is_deterministic_under_row_shuffles(movielens_root: Path, tmp_path: Path) -> None:
+    root = write_movielens("100k", tmp_path)
     lines = (root / "u.data").read_text().splitlines()
     (root / "u.data").write_text("\n".join(reversed(lines)) + "\n")
-    assert load_movielens(root).timelines == load_movielens(FIXTURES / "ml-100k").timelines
+    assert load_movielens(root).timelines == load_movielens(movielens_root / "ml-100k").timelines
 
 
-def test_100k_without_u_genre_uses_the_fixed_list(tmp_path: Path) -> None:
-    root = _copy("ml-100k", tmp_path)
+def test_100k_without_u_genre_uses_the_fixed_list(movielens_root: Path, tmp_path: Path) -> None:
+    root = write_movielens("100k", tmp_path)
     (root / "u.genre").unlink()
-    assert load_movielens(root).items == load_movielens(FIXTURES / "ml-100k").items
+    assert load_movielens(root).items == load_movielens(movielens_root / "ml-100k").items
 
 
-def test_1m_dat_latin1() -> None:
-    ds = load_movielens(FIXTURES / "ml-1m")
+def test_100k_u_genre_names_are_read(tmp_path: Path) -> None:
+    root = write_movielens("100k", tmp_path)
+    genre = root / "u.genre"
+    genre.write_text(genre.read_text(encoding="latin-1").replace("Drama|", "Synthetic Drama|"), "latin-1")
+    assert load_movielens(root).items["3"].categories == ("Synthetic Drama",)
+
+
+def test_1m_dat_latin1(movielens_root: Path) -> None:
+    ds = load_movielens(movielens_root / "ml-1m")
     assert ds.name == "movielens-1m"  # users.dat present -> 1M
     assert _items(ds.timelines["1"]) == ["1193", "914", "661"]
     assert _items(ds.timelines["2"]) == ["661", "1193"]  # same second: 661 < 1193
@@ -65,8 +72,8 @@ def test_1m_dat_latin1() -> None:
     assert ds.items["661"].categories == ("Animation", "Children's", "Musical")
 
 
-def test_10m_dat_half_stars_tags_and_no_genres() -> None:
-    ds = load_movielens(FIXTURES / "ml-10m")
+def test_10m_dat_half_stars_tags_and_no_genres(movielens_root: Path) -> None:
+    ds = load_movielens(movielens_root / "ml-10m")
     assert ds.name == "movielens-10m"
     user1 = {e.item: e for e in ds.timelines["1"]}
     assert user1["185"].rating == 4.5
@@ -76,8 +83,8 @@ def test_10m_dat_half_stars_tags_and_no_genres() -> None:
     assert ds.timelines["2"][0].rating == 0.5
 
 
-def test_csv_quoted_titles_and_tags() -> None:
-    ds = load_movielens(FIXTURES / "ml-25m", "25m")
+def test_csv_quoted_titles_and_tags(movielens_root: Path) -> None:
+    ds = load_movielens(movielens_root / "ml-25m", "25m")
     assert ds.name == "movielens-25m"
     assert ds.items["1"].title == "Synthetic Story, The (1995)"
     assert ds.items["307"].title == 'Three Synthetic Colors: "White" (1994)'
@@ -107,23 +114,23 @@ def test_latest_small_cut_real_rows() -> None:
 
 
 @pytest.mark.parametrize(
-    ("folder", "filename", "bad_line", "message"),
+    ("kind", "filename", "bad_line", "message"),
     [
-        ("ml-100k", "u.data", "1\t5\t3", "u.data:9: expected 4 tab-separated fields, got 3"),
-        ("ml-100k", "u.data", "1\t5\tx\t881250000", "u.data:9: rating is not a number: 'x'"),
-        ("ml-100k", "u.item", "99|Bad|||url|0|1", "u.item:6: expected 24 '|'-separated fields, got 7"),
-        ("ml-1m", "ratings.dat", "1::2::3", "ratings.dat:6: expected 4 '::'-separated fields, got 3"),
-        ("ml-10m", "ratings.dat", "1::2::3::soon", "ratings.dat:6: timestamp is not an integer: 'soon'"),
-        ("ml-10m", "tags.dat", "1::2", "tags.dat:4: expected 4 '::'-separated fields"),
-        ("ml-25m", "ratings.csv", "1,2,3.0", "ratings.csv:7: expected 4 comma-separated fields, got 3"),
-        ("ml-25m", "movies.csv", '5,"Unclosed, title,Drama', "movies.csv:6: expected 3 comma-separated"),
+        ("100k", "u.data", "1\t5\t3", "u.data:9: expected 4 tab-separated fields, got 3"),
+        ("100k", "u.data", "1\t5\tx\t881250000", "u.data:9: rating is not a number: 'x'"),
+        ("100k", "u.item", "99|Bad|||url|0|1", "u.item:6: expected 24 '|'-separated fields, got 7"),
+        ("1m", "ratings.dat", "1::2::3", "ratings.dat:6: expected 4 '::'-separated fields, got 3"),
+        ("10m", "ratings.dat", "1::2::3::soon", "ratings.dat:6: timestamp is not an integer: 'soon'"),
+        ("10m", "tags.dat", "1::2", "tags.dat:4: expected 4 '::'-separated fields"),
+        ("25m", "ratings.csv", "1,2,3.0", "ratings.csv:7: expected 4 comma-separated fields, got 3"),
+        ("25m", "movies.csv", '5,"Unclosed, title,Drama', "movies.csv:6: expected 3 comma-separated"),
     ],
 )
 def test_malformed_line_names_file_and_line(
-    tmp_path: Path, folder: str, filename: str, bad_line: str, message: str
+    tmp_path: Path, kind: str, filename: str, bad_line: str, message: str
 ) -> None:
-    root = _copy(folder, tmp_path)
-    with open(root / filename, "a", encoding="latin-1" if folder == "ml-100k" else "utf-8") as handle:
+    root = write_movielens(kind, tmp_path)
+    with open(root / filename, "a", encoding=movielens_encoding(kind, filename)) as handle:
         handle.write(bad_line + "\n")
     with pytest.raises(DataFormatError) as info:
         load_movielens(root)
@@ -133,7 +140,7 @@ def test_malformed_line_names_file_and_line(
 
 
 def test_skip_mode_counts_malformed_lines(tmp_path: Path) -> None:
-    root = _copy("ml-100k", tmp_path)
+    root = write_movielens("100k", tmp_path)
     with open(root / "u.data", "a") as handle:
         handle.write("1\t5\t3\n1\tfive\t3\t881250000\n\n2\t4\t5\t881299999\n")
     ds = load_movielens(root, on_error="skip")
@@ -143,7 +150,7 @@ def test_skip_mode_counts_malformed_lines(tmp_path: Path) -> None:
 
 
 def test_bad_csv_header_is_an_error(tmp_path: Path) -> None:
-    root = _copy("ml-25m", tmp_path)
+    root = write_movielens("25m", tmp_path)
     (root / "ratings.csv").write_text("user,movie,rating,time\n1,2,3.0,4\n")
     with pytest.raises(
         DataFormatError, match=r"ratings.csv:1: expected header userId,movieId,rating,timestamp"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from data_fixtures import movielens_root_fixture  # noqa: F401
 
 from training.data import (
     PAD_ID,
@@ -53,8 +54,8 @@ def test_vocab_specials_order_and_round_trip() -> None:
     assert Vocab.build(["a", "a", "b"], min_count=2).tokens == ("<pad>", "<unk>", "a")
 
 
-def test_build_vocabs_and_encode_events() -> None:
-    ds = load_movielens(FIXTURES / "ml-10m")
+def test_build_vocabs_and_encode_events(movielens_root: Path) -> None:
+    ds = load_movielens(movielens_root / "ml-10m")
     vocabs = build_vocabs(ds)
     assert set(vocabs) == {"item", "category", "rating"}
     assert vocabs["rating"].tokens[2:] == ("0.5", "3.5", "4.5", "5.0")  # numeric order, canonical strings
