@@ -13,6 +13,7 @@
 | `{p}:seen:{user}`                  | hash   | `n_events`, `last_event_time`, `unknown_items`              |
 | `{p}:items:{user}`                 | set    | every item id the user has had an event on (exclude_seen)   |
 | `{p}:dedup:{event_id}`             | string | SET NX EX: a client `event_id` already accepted             |
+| `{p}:deadletter`                   | stream | stream entries a worker could not decode, with the reason    |
 
 `{user}` and `{shard}` are Redis Cluster hash tags: every key of one user lives in one slot, so the
 worker's MULTI/EXEC per user works on a cluster. Events of one user always go to the same shard
@@ -65,6 +66,9 @@ class Keys:
 
     def items(self, user_id: str) -> str:
         return f"{self.base}:items:{{{user_id}}}"
+
+    def deadletter(self) -> str:
+        return f"{self.base}:deadletter"
 
     def dedup(self, event_id: str) -> str:
         return f"{self.base}:dedup:{{{event_id}}}"

@@ -36,6 +36,8 @@ class StreamEvent:
     rating: float | None
     text: str | None
     event_id: str | None
+    error: str | None = None  # set when the entry could not be decoded (it goes to the dead-letter stream)
+    raw: dict[str, str] | None = None  # the undecodable entry's fields, kept for the dead-letter stream
 
     @property
     def key(self) -> str:
@@ -60,19 +62,28 @@ def _fields(event: EventIn) -> dict[Any, Any]:
     }
 
 
-def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:
-    f = {k.decode(): v.decode("utf-8") for k, v in fields.items()}
-    return StreamEvent(
-        entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-        stream=stream,
-        user_id=f["u"],
-        item_id=f["i"],
-        timestamp=float(f["t"]),
-        event_type=f["y"],
-        rating=float(f["r"]) if f["r"] else None,
-        text=f["x"] or None,
-        event_id=f["e"] or None,
-    )
+def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> StreamEvent:
+    """A stream entry -> StreamEvent; an undecodable (or deleted) entry comes back with `error` set."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (fields or {}).items()}
+    try:
+        if not fields:
+            raise ValueError("entry deleted from the stream while pending")
+        f = {k.decode(): v.decode("utf-8") for k, v in fields.items()}
+        return StreamEvent(
+            entry_id=eid,
+            stream=stream,
+            user_id=f["u"],
+            item_id=f["i"],
+            timestamp=float(f["t"]),
+            event_type=f["y"],
+            rating=float(f["r"]) if f["r"] else None,
+            text=f["x"] or None,
+            event_id=f["e"] or None,
+        )
+    except (KeyError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        return StreamEvent(eid, stream, "", "", 0.0, "", None, None, None, error=reason, raw=raw)
 
 
 async def publish(
@@ -118,7 +129,7 @@ def _decode_batch(reply: Any) -> list[StreamEvent]:
     out: list[StreamEvent] = []
     for stream, entries in reply or []:
         name = stream.decode() if isinstance(stream, bytes) else stream
-        out.extend(decode_entry(name, eid, fields) for eid, fields in entries if fields)
+        out.extend(decode_entry(name, eid, fields) for eid, fields in entries)
     return out
 
 
@@ -150,13 +161,27 @@ async def claim_stale(
         while True:
             reply = await redis.xautoclaim(stream, GROUP, consumer, min_idle_ms, start_id=start, count=count)
             next_id, entries = reply[0], reply[1]
-            out.extend(decode_entry(stream, eid, fields) for eid, fields in entries if fields)
+            out.extend(decode_entry(stream, eid, fields) for eid, fields in entries)
             # Entries deleted from the stream while pending come back as None / are dropped by Redis 7.
             next_id = next_id.decode() if isinstance(next_id, bytes) else next_id
             if next_id == "0-0" or len(out) >= count:
                 break
             start = next_id
     return out
+
+
+async def dead_letter(redis: aioredis.Redis, keys: Keys, events: Sequence[StreamEvent]) -> None:
+    """Keep undecodable entries (with the reason) in `deadletter` for inspection; never drop silently."""
+    pipe = redis.pipeline(transaction=False)
+    for e in events:
+        entry = {
+            "stream": e.stream,
+            "entry_id": e.entry_id,
+            "error": e.error or "",
+            "fields": json.dumps(e.raw),
+        }
+        pipe.xadd(keys.deadletter(), entry, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+    await pipe.execute()
 
 
 async def ack(redis: aioredis.Redis, events: Sequence[StreamEvent]) -> None:

@@ -24,7 +24,15 @@ import redis.asyncio as aioredis
 from service import metrics
 from service.encoding import Encoded, UserTowerRuntime
 from service.keys import Keys
-from service.streams import StreamEvent, ack, claim_stale, ensure_groups, read_new, read_own_pending
+from service.streams import (
+    StreamEvent,
+    ack,
+    claim_stale,
+    dead_letter,
+    ensure_groups,
+    read_new,
+    read_own_pending,
+)
 from service.user_store import StoredEvent, UserRecord, UserUpdate, read_users, write_updates
 
 log = logging.getLogger("userllm.worker")
@@ -135,9 +143,20 @@ class EncoderWorker:
         if not events:
             return 0
         start = time.perf_counter()
+        broken = [e for e in events if e.error is not None]
+        if broken:
+            log.error(
+                "dead-lettering %d undecodable entries, e.g. %s: %s",
+                len(broken),
+                broken[0].entry_id,
+                broken[0].error,
+            )
+            await dead_letter(self.redis, self.keys, broken)
+            metrics.WORKER_EVENTS.labels("dead_letter").inc(len(broken))
         by_user: dict[str, list[StreamEvent]] = {}
         for e in events:
-            by_user.setdefault(e.user_id, []).append(e)
+            if e.error is None:
+                by_user.setdefault(e.user_id, []).append(e)
         pending, updated = dict(by_user), 0
         for _ in range(MAX_CAS_ATTEMPTS):
             records = await read_users(self.redis, self.keys, list(pending))

@@ -204,3 +204,23 @@ async def test_two_workers_side_by_side_apply_every_event_once(ctx) -> None:
             runtime.encode_full([history])[0].user_tokens.astype(np.float32),
             atol=2e-2,
         )
+
+
+async def test_undecodable_entries_go_to_the_dead_letter_stream(ctx) -> None:
+    from service.keys import GROUP
+
+    redis, keys, _ = ctx
+    stream = keys.stream(keys.shard_of("hal"))
+    await redis.xadd(
+        stream, {"u": "hal", "i": "3"}
+    )  # no timestamp: written by something else than the gateway
+    await redis.xadd(
+        stream, {"u": "hal", "i": "4", "t": "not-a-number", "y": "rating", "r": "", "x": "", "e": ""}
+    )
+    await publish(redis, keys, [ev("hal", 5, 10)], maxlen=10_000)
+    await drain(worker_for(ctx))
+    dead = await redis.xrange(keys.deadletter())
+    assert [json.loads(f[b"fields"])["i"] for _, f in dead] == ["3", "4"]
+    assert b"missing field" in dead[0][1][b"error"] and b"not-a-number" in dead[1][1][b"error"]
+    assert [e.item_id for e in await read_history(redis, keys, "hal")] == ["5"]
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
