@@ -68,12 +68,10 @@ class EncoderWorker:
         claim_idle_ms: int = 30_000,
     ):
         self.redis, self.keys, self.runtime, self.consumer = redis, keys, runtime, consumer
-        self.history_keep, self.batch, self.block_ms, self.claim_idle_ms = (
-            history_keep,
-            batch,
-            block_ms,
-            claim_idle_ms,
-        )
+        self.history_keep = history_keep  # events kept per user in Redis
+        self.batch = batch  # stream entries per read
+        self.block_ms = block_ms  # XREADGROUP block time
+        self.claim_idle_ms = claim_idle_ms  # pending entries idle this long are claimed from others
 
     # --- planning (pure, CPU) ---
 
