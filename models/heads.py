@@ -40,29 +40,39 @@ def gather_last_hidden(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
 # --- heads ---
 
 
-class NextItemHead(nn.Module):
-    """Scores over the whole item catalogue from the last real position's hidden state."""
+class _LastTokenHead(nn.Module):
+    """Logits from the last real position's hidden state, plus (optionally, `dim_user` > 0) a linear
+    read-out of the user summary: a skip connection from the user tokens to the scores, so the head
+    can use the user embedding directly while the LLM path learns (not in the USER-LLM paper; off by
+    default, see `UserLLMConfig.head_user_skip`)."""
 
-    def __init__(self, *, dim_model: int, num_items: int) -> None:
+    def __init__(self, *, dim_model: int, num_outputs: int, dim_user: int = 0) -> None:
         super().__init__()
-        if dim_model <= 0 or num_items <= 0:
-            raise ValueError("dim_model and num_items must be positive")
-        self.proj = nn.Linear(dim_model, num_items)
+        if dim_model <= 0 or num_outputs <= 0 or dim_user < 0:
+            raise ValueError("dim_model and the number of outputs must be positive, dim_user >= 0")
+        self.proj = nn.Linear(dim_model, num_outputs)
+        self.user_proj = nn.Linear(dim_user, num_outputs, bias=False) if dim_user else None
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
-        """Args: hidden_states (B, S, Dl), attention_mask (B, S). Returns: (B, I) item logits."""
-        return self.proj(gather_last_hidden(hidden_states, attention_mask))
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor, user_summary: Tensor | None = None
+    ) -> Tensor:
+        """Args: hidden_states (B, S, Dl), attention_mask (B, S), user_summary (B, Du) or None (no user:
+        no skip term). Returns: (B, N) logits."""
+        logits = self.proj(gather_last_hidden(hidden_states, attention_mask))  # (B, N)
+        if self.user_proj is not None and user_summary is not None:
+            logits = logits + self.user_proj(user_summary.to(self.user_proj.weight.dtype))
+        return logits
 
 
-class CategoryHead(nn.Module):
-    """Favourite-category logits from the last real position's hidden state."""
+class NextItemHead(_LastTokenHead):
+    """Scores over the whole item catalogue (I outputs)."""
 
-    def __init__(self, *, dim_model: int, num_categories: int) -> None:
-        super().__init__()
-        if dim_model <= 0 or num_categories <= 0:
-            raise ValueError("dim_model and num_categories must be positive")
-        self.proj = nn.Linear(dim_model, num_categories)
+    def __init__(self, *, dim_model: int, num_items: int, dim_user: int = 0) -> None:
+        super().__init__(dim_model=dim_model, num_outputs=num_items, dim_user=dim_user)
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
-        """Args: hidden_states (B, S, Dl), attention_mask (B, S). Returns: (B, C) category logits."""
-        return self.proj(gather_last_hidden(hidden_states, attention_mask))
+
+class CategoryHead(_LastTokenHead):
+    """Favourite-category logits (C outputs)."""
+
+    def __init__(self, *, dim_model: int, num_categories: int, dim_user: int = 0) -> None:
+        super().__init__(dim_model=dim_model, num_outputs=num_categories, dim_user=dim_user)

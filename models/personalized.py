@@ -16,7 +16,7 @@ C categories.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -39,6 +39,9 @@ class UserLLMConfig:
     num_categories: int = 2  # C, category vocabulary size: CategoryHead width
     strategy: str = "enc"  # full | enc | lora | proj (which weights the checkpoint carries)
     lora_rank: int = 8  # LoRA rank when strategy == "lora"
+    # heads also read the last-event user token directly (needs tower.append_last_event; a skip
+    # connection that is not in the USER-LLM paper, see models/heads.py)
+    head_user_skip: bool = False
     backbone: str = "smollm2-135m-instruct"  # name of the backbone folder this was trained on
 
     def __post_init__(self) -> None:
@@ -52,6 +55,8 @@ class UserLLMConfig:
             raise ValueError(
                 f"llm.dim_user {self.llm.dim_user} != tower user-token width {self.tower.dim_user}"
             )
+        if self.head_user_skip and not self.tower.append_last_event:
+            raise ValueError("head_user_skip needs tower.append_last_event=True")
         if self.num_items < 3 or self.num_categories < 2:
             raise ValueError("num_items must be >= 3 and num_categories >= 2 (pad, unk, ...)")
 
@@ -77,8 +82,11 @@ class PersonalizedLM(nn.Module):
         if config.strategy == "lora":
             add_lora(self.llm, rank=config.lora_rank)
         dim = self.llm.dim_model
-        self.item_head = NextItemHead(dim_model=dim, num_items=config.num_items)
-        self.category_head = CategoryHead(dim_model=dim, num_categories=config.num_categories)
+        dim_user = config.tower.dim_user if config.head_user_skip else 0
+        self.item_head = NextItemHead(dim_model=dim, num_items=config.num_items, dim_user=dim_user)
+        self.category_head = CategoryHead(
+            dim_model=dim, num_categories=config.num_categories, dim_user=dim_user
+        )
         param = next(backbone.parameters())
         self.tower.to(device=param.device)  # float32: user_tokens are cast when entering the LLM
         for head in (self.item_head, self.category_head):  # heads read the backbone's hidden states
@@ -91,11 +99,16 @@ class PersonalizedLM(nn.Module):
         """
         out = self.tower(features, mask)
         has_events = mask.any(dim=1, keepdim=True)  # (B, 1)
-        return self.llm.prepare_user_context(out.user_tokens, out.user_mask & has_events)
+        return self.context_from_tokens(out.user_tokens, out.user_mask & has_events)
 
     def context_from_tokens(self, user_tokens: Tensor, user_mask: Tensor) -> UserContext:
-        """Cached user_tokens (B, L, Du) + mask (B, L) -> LLM conditioning."""
-        return self.llm.prepare_user_context(user_tokens, user_mask)
+        """user_tokens (B, L, Du) + mask (B, L) (all False = no user) -> LLM conditioning; with
+        `head_user_skip`, also the last-event token (zeros for users without events) for the heads."""
+        context = self.llm.prepare_user_context(user_tokens, user_mask)
+        if not self.config.head_user_skip:
+            return context
+        summary = user_tokens[:, -1] * user_mask[:, -1:].to(user_tokens.dtype)  # (B, Du)
+        return replace(context, user_summary=summary)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, user_context: UserContext | None, **kwargs: Any
@@ -108,8 +121,10 @@ class PersonalizedLM(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Next-item (B, I) and favourite-category (B, C) logits at the prompt's last real token."""
         out = self.llm(input_ids, attention_mask, user_context=user_context, logits_to_keep=1)
-        return self.item_head(out.hidden_states, attention_mask), self.category_head(
-            out.hidden_states, attention_mask
+        summary = user_context.user_summary if user_context is not None else None
+        return (
+            self.item_head(out.hidden_states, attention_mask, summary),
+            self.category_head(out.hidden_states, attention_mask, summary),
         )
 
     # --- checkpoint ---

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from models.perceiver import PerceiverConfig, PerceiverResampler
@@ -29,12 +30,20 @@ class UserTowerConfig:
     encoder: UserEncoderConfig = field(default_factory=UserEncoderConfig)  # the causal event encoder
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)  # the 16-token compressor
     use_perceiver: bool = True  # False: user_tokens = all encoder outputs (ablation "50 tokens")
+    append_last_event: bool = False  # user_tokens += [encoder output at the last event] (the sequence
+    # model's own user state: next-event heads read it; UserLLMConfig.head_user_skip uses it)
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, Mapping):
             object.__setattr__(self, "encoder", UserEncoderConfig(**self.encoder))
         if isinstance(self.perceiver, Mapping):
             object.__setattr__(self, "perceiver", PerceiverConfig(**self.perceiver))
+        if (
+            self.append_last_event
+            and self.use_perceiver
+            and self.perceiver.dim_latent != self.encoder.d_model
+        ):
+            raise ValueError("append_last_event needs perceiver.dim_latent == encoder.d_model")
 
     @property
     def dim_user(self) -> int:
@@ -43,8 +52,10 @@ class UserTowerConfig:
 
     @property
     def num_user_tokens(self) -> int:
-        """L when the Perceiver is used, else the encoder window (tokens are then masked)."""
-        return self.perceiver.num_latents if self.use_perceiver else self.encoder.window
+        """L when the Perceiver is used, else the encoder window (tokens are then masked); + 1 with
+        `append_last_event`."""
+        base = self.perceiver.num_latents if self.use_perceiver else self.encoder.window
+        return base + int(self.append_last_event)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> UserTowerConfig:
@@ -74,9 +85,17 @@ class UserTower(nn.Module):
     def compress(self, past: EncoderState) -> tuple[Tensor, Tensor]:
         """Encoder outputs of every cached event -> (user_tokens (B, L, Du), user_mask (B, L))."""
         if self.perceiver is None:
-            return past.hidden, past.key_mask
-        tokens = self.perceiver(past.hidden, past.key_mask)  # (B, L, Du)
-        return tokens, past.key_mask.new_ones(tokens.shape[:2])
+            tokens, mask = past.hidden, past.key_mask
+        else:
+            tokens = self.perceiver(past.hidden, past.key_mask)  # (B, L, Du)
+            mask = past.key_mask.new_ones(tokens.shape[:2])
+        if self.config.append_last_event:
+            slots = torch.arange(past.key_mask.shape[1], device=past.key_mask.device)  # (Tp,)
+            last = (past.key_mask * slots).argmax(dim=1)  # (B,) newest real event (cached events first)
+            last_hidden = past.hidden[torch.arange(len(last), device=last.device), last]  # (B, D)
+            tokens = torch.cat([tokens, last_hidden[:, None]], dim=1)  # (B, L + 1, Du)
+            mask = torch.cat([mask, past.key_mask.any(dim=1, keepdim=True)], dim=1)  # (B, L + 1)
+        return tokens, mask
 
     def forward(
         self, features: Mapping[str, Tensor], mask: Tensor, past: EncoderState | None = None

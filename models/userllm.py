@@ -94,6 +94,7 @@ class UserContext:
     kv_mask: Tensor | None = None  # (B, L) bool, True = real user token
     prefix: Tensor | None = None  # (B, P, Dl) soft-prompt / PPlug prefix embeddings
     prefix_mask: Tensor | None = None  # (B, P) bool, True = real prefix slot
+    user_summary: Tensor | None = None  # (B, Du) masked mean of user_tokens, for heads with a user skip
 
     def select(self, index: Tensor) -> UserContext:
         """The context of a subset of rows (e.g. the unfinished requests of a batch)."""
@@ -102,7 +103,9 @@ class UserContext:
             return None if t is None else t.index_select(0, index)
 
         kv = tuple((k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv)
-        return UserContext(kv, pick(self.kv_mask), pick(self.prefix), pick(self.prefix_mask))
+        return UserContext(
+            kv, pick(self.kv_mask), pick(self.prefix), pick(self.prefix_mask), pick(self.user_summary)
+        )
 
 
 @dataclass

@@ -118,7 +118,7 @@ class TorchEngine:
         model.load_checkpoint_state(ck)
         codec = FeatureCodec.from_extras(ck.extras["vocab"], ck.extras["catalogue"])
         nouns = ck.extras.get("task", {})
-        return cls(
+        engine = cls(
             model,
             tokenizer,
             codec,
@@ -127,6 +127,12 @@ class TorchEngine:
             noun=nouns.get("noun", "movie"),
             category_noun=nouns.get("category", "genre"),
         )
+        # the scoring prompts exactly as training cut them (the last `max_prompt_tokens` tokens)
+        max_prompt = int((ck.manifest.get("train_config") or {}).get("max_prompt_tokens") or 0)
+        if max_prompt:
+            engine.score_prompt = engine.score_prompt[-max_prompt:]
+            engine.genre_prompt = engine.genre_prompt[-max_prompt:]
+        return engine
 
     # --- helpers ---
 

@@ -104,3 +104,37 @@ def test_half_precision_backbone_scores() -> None:
     features, mask, ids, am = _inputs([_events(4)])
     items, cats = model.score(ids, am, model.user_context(features, mask))
     assert items.dtype == torch.bfloat16 and torch.isfinite(items.float()).all() and cats.shape == (1, 6)
+
+
+def test_head_user_skip_reads_the_user_tokens_and_leaves_cold_start_alone() -> None:
+    torch.manual_seed(0)
+    from models.user_tower import UserTowerConfig
+
+    config = UserLLMConfig.tiny(head_user_skip=True, tower=UserTowerConfig.tiny(append_last_event=True))
+    model = PersonalizedLM(config, tiny_llama()).eval()
+    assert model.item_head.user_proj is not None  # gates stay closed: only the skip can personalize
+    features, mask, ids, am = _inputs([_events(5), _events(9, 3), _events(0)])
+    context = model.user_context(features, mask)
+    items, _ = model.score(ids, am, context)
+    assert not torch.allclose(items[0], items[1])  # zero gates, yet different users score differently
+    bare_items, _ = model.score(ids[2:], am[2:], None)
+    torch.testing.assert_close(items[2:], bare_items, rtol=0, atol=1e-6)
+    no_skip = PersonalizedLM(UserLLMConfig.tiny(), tiny_llama()).eval()
+    plain, _ = no_skip.score(ids, am, no_skip.user_context(features, mask))
+    torch.testing.assert_close(plain[0], plain[1], rtol=0, atol=1e-6)  # zero gates, no skip: no user signal
+
+
+def test_last_event_token_is_the_encoders_newest_output_incrementally_too() -> None:
+    from models.user_tower import UserTower, UserTowerConfig
+
+    tower = UserTower(UserTowerConfig.tiny(append_last_event=True)).eval()
+    features, mask = collate_events([_events(6), _events(3, 1), _events(0)], max_len=16)
+    out = tower(features, mask)
+    assert out.user_tokens.shape == (3, 17, 32) and out.user_mask[:, -1].tolist() == [True, True, False]
+    torch.testing.assert_close(out.user_tokens[0, -1], out.past.hidden[0, 5], rtol=0, atol=0)
+    first_f, first_m = collate_events([_events(4), _events(2, 1)], max_len=16)
+    rest_f, rest_m = collate_events(
+        [{k: v[4:] for k, v in _events(6).items()}, {k: v[2:] for k, v in _events(3, 1).items()}], max_len=16
+    )
+    step = tower(rest_f, rest_m, tower(first_f, first_m).past)
+    torch.testing.assert_close(step.user_tokens, out.user_tokens[:2], rtol=1e-5, atol=1e-5)

@@ -65,8 +65,9 @@ def test_finetune_writes_a_userllm_checkpoint_and_resumes(
     assert summary["step"] == 2
     ck = load_checkpoint(cfg.out_dir)
     assert {p.name for p in Path(cfg.out_dir).iterdir()} == {
-        "model.safetensors", "config.json", "manifest.json", "vocab.json", "catalogue.json",
+        "model.safetensors", "config.json", "manifest.json", "vocab.json", "catalogue.json", "task.json",
     }  # fmt: skip
+    assert ck.extras["task"] == {"noun": "movie", "category": "genre"}  # what serving's prompts use
     manifest = ck.manifest
     assert manifest["kind"] == "userllm" and manifest["trainable_only"] is True
     assert manifest["backbone_id"] == backbone_id(tiny_backbone)
@@ -83,6 +84,42 @@ def test_finetune_writes_a_userllm_checkpoint_and_resumes(
     assert more["step"] == 3
     iters = [json.loads(line)["iter"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert iters == [1, 2, 3]
+
+
+def test_init_and_lr_group_options(tiny_backbone: Path, encoder_dir: Path, tmp_path: Path):
+    from training.corpus import load_corpus, vocabs_from_dict
+    from training.finetune import build_model, build_pools, init_bias_prior, split_new_parameters
+    from training.run import configure_optimizer
+    from training.tasks import TaskRunner
+
+    cfg = FinetuneConfig(
+        encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), max_users=12, steps=2, batch_size=2, warmup=1, eval_interval=2,
+        save_interval=1, log_interval=1, eval_users=2, cross_attn_every_n_layers=1, progress=False,
+        new_lr_mult=3.0, head_lr_mult=0.5, head_init_std=0.01, gate_init=0.1, head_bias_prior=True,
+    )  # fmt: skip
+    encoder_ck = load_checkpoint(cfg.encoder_dir)
+    corpus = load_corpus(
+        cfg.dataset, cfg.path, max_users=12, vocabs=vocabs_from_dict(encoder_ck.extras["vocab"])
+    )
+    model, tokenizer, _ = build_model(cfg, encoder_ck, corpus)
+    assert float(model.item_head.proj.weight.detach().std()) > 0
+    assert all(float(b.attn_gate.detach()) == pytest.approx(0.1) for b in model.llm.cross_attn_blocks())
+    runner = TaskRunner(model, tokenizer, corpus)
+    pools = build_pools(corpus, cfg.task_list, model.config.tower.encoder.window)
+    init_bias_prior(runner, pools)
+    bias = model.item_head.proj.bias
+    top = runner.labels(pools["next_item"], "next_item").bincount().argmax()
+    assert int(bias.argmax()) == int(top)
+    optimizer = configure_optimizer(model, lr=1.0, weight_decay=0.01, beta2=0.99)
+    n_params = sum(len(g["params"]) for g in optimizer.param_groups)
+    split_new_parameters(optimizer, model, cfg)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == n_params
+    assert {g["lr_mult"] for g in optimizer.param_groups} == {1.0, 3.0, 0.5}
+    head_ids = {id(p) for p in model.item_head.parameters()}
+    assert all(g["lr_mult"] == 0.5 for g in optimizer.param_groups for p in g["params"] if id(p) in head_ids)
+    assert finetune(cfg)["step"] == 2  # trains, and resumes with the same groups
+    assert finetune(FinetuneConfig(**{**cfg.__dict__, "steps": 3, "resume": True}))["step"] == 3
 
 
 def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, tmp_path: Path):

@@ -135,6 +135,15 @@ class FinetuneConfig(TrainConfig):
     max_review_tokens: int = 48  # review target length cap (tokens)
     gen_tokens: int = 32  # tokens generated per review at evaluation
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"  # backbone weights dtype during training
+    # initialisation and learning rates of the freshly added parts (defaults = the original recipe)
+    new_lr_mult: float = 1.0  # LR multiplier for the Perceiver and the LLM adapters (encoder: lr)
+    head_lr_mult: float = 1.0  # LR multiplier for the next-item / category heads (Adam moves every
+    # logit by ~lr * |h|_1 per step, |h| = the LLM hidden width, so heads want a low LR)
+    head_init_std: float = 0.0  # head weights ~ N(0, std); 0 = zeros (uniform scores at step 0)
+    gate_init: float = 0.0  # initial value of the cross-attention tanh gates (0 = identity at start)
+    head_user_skip: bool = False  # heads also read the mean user token (skip connection; not in the paper)
+    head_bias_prior: bool = False  # init head biases to log label frequencies of the training pool
+    # (the model starts at most-popular / majority genre instead of learning it first; False = zeros)
     out_dir: str = "checkpoints/userllm"  # USER-LLM checkpoint directory
     steps: int = 300
     batch_size: int = 16
@@ -149,6 +158,8 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.new_lr_mult <= 0 or self.head_lr_mult <= 0 or self.head_init_std < 0:
+            raise ConfigError("new_lr_mult and head_lr_mult must be > 0, head_init_std >= 0")
         unknown = set(self.task_list) - {"next_item", "favourite_category", "review"}
         if unknown or not self.task_list:
             raise ConfigError(f"tasks: unknown {sorted(unknown)}; use next_item, favourite_category, review")

@@ -36,12 +36,29 @@ from training.data import Example, favourite_category
 from training.metrics import ranking_metrics, rouge, target_ranks
 from training.pretrain import batch_order
 from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
-from training.tasks import TaskRunner, build_config, default_backbone_dir, training_examples
+from training.tasks import TaskRunner, build_config, default_backbone_dir, nouns, training_examples
 
 __all__ = ["evaluate_userllm", "load_userllm", "main"]
 
 
 # --- model ---
+
+
+@torch.no_grad()
+def init_skip_from_encoder(model: PersonalizedLM) -> None:
+    """Heads' user skip (reading the last-event token) := the encoder's next-event item / category
+    heads, and the next-item bias := the encoder's: at step 0 next-item scores equal the sequence-only
+    model's plus the LLM path (zero at init), which fine-tuning then learns."""
+    encoder_heads = model.tower.encoder.heads
+    pairs = ((model.item_head, encoder_heads["item"]), (model.category_head, encoder_heads["category"]))
+    for head, source in pairs:
+        assert head.user_proj is not None
+        if head.user_proj.weight.shape != source.weight.shape:
+            raise ValueError(
+                f"encoder head {tuple(source.weight.shape)} != skip {tuple(head.user_proj.weight.shape)}"
+            )
+        head.user_proj.weight.copy_(source.weight)
+        head.proj.bias.copy_(source.bias)
 
 
 def build_model(
@@ -53,13 +70,22 @@ def build_model(
     config = build_config(
         encoder=UserEncoderConfig(**encoder_ck.config["encoder"]), corpus=corpus, mode=cfg.mode,
         strategy=cfg.strategy, num_user_tokens=cfg.num_user_tokens, every_n=cfg.cross_attn_every_n_layers,
-        backbone=Path(backbone_dir).name,
+        backbone=Path(backbone_dir).name, head_user_skip=cfg.head_user_skip,
     )  # fmt: skip
     model = PersonalizedLM(config, backbone)
-    for head in (model.item_head, model.category_head):  # start at uniform scores, not random ones
-        torch.nn.init.zeros_(head.proj.weight)
+    for head in (model.item_head, model.category_head):  # default: start at uniform scores
+        if cfg.head_init_std > 0:  # small random weights: the gates get a gradient from step 0
+            torch.nn.init.normal_(head.proj.weight, std=cfg.head_init_std)
+        else:
+            torch.nn.init.zeros_(head.proj.weight)
         torch.nn.init.zeros_(head.proj.bias)
+    with torch.no_grad():  # zero gates get no gradient while the heads are zero; gate_init > 0 opens them
+        for block in model.llm.cross_attn_blocks():
+            block.attn_gate.fill_(cfg.gate_init)
+            block.ff_gate.fill_(cfg.gate_init)
     load_state_strict(model.tower.encoder, encoder_ck.state_dict)
+    if cfg.head_user_skip:  # the skip starts as the pretrained encoder's own next-event heads
+        init_skip_from_encoder(model)
     heads = torch.nn.ModuleList([model.item_head, model.category_head])
     apply_strategy(
         llm=model.llm, encoder=model.tower.encoder, perceiver=model.tower.perceiver, strategy=cfg.strategy,
@@ -121,8 +147,14 @@ def save_userllm(directory: str | Path, model: PersonalizedLM, corpus: Corpus, c
     }  # fmt: skip
     return save_checkpoint(
         directory, model.checkpoint_state(), config=asdict(model.config), kind="userllm", trainable_only=True,
-        manifest=manifest, extras=corpus.extras(),
+        manifest=manifest, extras={**corpus.extras(), "task": task_nouns(corpus)},
     )  # fmt: skip
+
+
+def task_nouns(corpus: Corpus) -> dict[str, str]:
+    """`task.json` of the checkpoint: the nouns the instructions used, so serving prompts match."""
+    noun, category = nouns(corpus.dataset.name)
+    return {"noun": noun, "category": category}
 
 
 # --- training ---
@@ -144,6 +176,46 @@ def build_pools(corpus: Corpus, tasks: Sequence[str], window: int) -> dict[str, 
     return pools
 
 
+@torch.no_grad()
+def init_bias_prior(runner: TaskRunner, pools: dict[str, list[Example]]) -> None:
+    """Head bias = log frequency of each label in the training pool (+0.5 smoothing, centred): the
+    untrained model then scores most-popular next items / the majority favourite genre."""
+    heads = {"next_item": runner.model.item_head, "favourite_category": runner.model.category_head}
+    for task, head in heads.items():
+        if task not in pools:
+            continue
+        labels = runner.labels(pools[task], task).cpu()
+        counts = torch.bincount(labels, minlength=head.proj.bias.numel())[: head.proj.bias.numel()].double()
+        log_prior = (counts + 0.5).log()
+        log_prior[:2] = log_prior[2:].min()  # pad / unknown: never targets
+        head.proj.bias.copy_((log_prior - log_prior.mean()).to(head.proj.bias))
+
+
+def split_new_parameters(
+    optimizer: torch.optim.Optimizer, model: PersonalizedLM, cfg: FinetuneConfig
+) -> None:
+    """Give the freshly initialised parameters groups of their own: Perceiver + LLM adapters get
+    `lr_mult` = cfg.new_lr_mult, the heads cfg.head_lr_mult; the encoder (and for "full" / "lora"
+    the LLM) keep 1. No-op with the defaults (1, 1)."""
+    if cfg.new_lr_mult == 1.0 and cfg.head_lr_mult == 1.0:
+        return
+    mult = {id(p): cfg.new_lr_mult for p in model.tower.perceiver.parameters()}
+    mult |= {
+        id(p): cfg.new_lr_mult for n, p in model.llm.named_parameters() if model.llm.is_adapter_parameter(n)
+    }
+    mult |= {id(p): cfg.head_lr_mult for h in (model.item_head, model.category_head) for p in h.parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        params = group.pop("params")
+        for m in dict.fromkeys([1.0, cfg.new_lr_mult, cfg.head_lr_mult]):
+            chosen = [p for p in params if mult.get(id(p), 1.0) == m]
+            if chosen:
+                groups.append({**group, "params": chosen, "lr_mult": m})
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+
+
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
     start = time.perf_counter()
     encoder_ck = load_checkpoint(cfg.encoder_dir)
@@ -158,6 +230,8 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     runner = TaskRunner(model, tokenizer, corpus, cfg.max_prompt_tokens, cfg.max_review_tokens)
     window = model.config.tower.encoder.window
     pools = build_pools(corpus, cfg.task_list, window)
+    if cfg.head_bias_prior and not cfg.resume:
+        init_bias_prior(runner, pools)
     # validate on the classification tasks when there are any (cheap), else on the review loss
     val_tasks = [t for t in cfg.task_list if t != "review"] or ["review"]
     valid = [ex for ex in corpus.splits.valid if val_tasks != ["review"] or ex.target.text]
@@ -166,6 +240,7 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     run_dir = Path(cfg.resolved_run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = configure_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
+    split_new_parameters(optimizer, model, cfg)
     step, best_val, val = 0, math.inf, None
     if cfg.resume:
         model.load_checkpoint_state(load_checkpoint(run_dir / LAST))
@@ -187,7 +262,7 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     while step < total:
         lr = get_lr(step, cfg, total)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         task = task_names[step % len(task_names)]
         pool = pools[task]
         batch = [pool[i] for i in batch_order(step // len(task_names), len(pool), cfg.batch_size, cfg.seed)]
@@ -229,7 +304,8 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
     from training.evaluate import evaluate_genre, evaluate_next_item
 
     model, tokenizer = load_userllm(ck)
-    runner = TaskRunner(model, tokenizer, corpus)
+    train_cfg = ck.manifest.get("train_config") or {}  # same prompt cut as in training
+    runner = TaskRunner(model, tokenizer, corpus, train_cfg.get("max_prompt_tokens", 48))
     tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
     cats = corpus.vocabs["category"]
     result: dict[str, Any] = {

@@ -53,18 +53,19 @@ def nouns(dataset: str) -> tuple[str, str]:
 
 def build_config(
     *, encoder: UserEncoderConfig, corpus: Corpus, mode: str, strategy: str, num_user_tokens: int,
-    every_n: int, backbone: str,
+    every_n: int, backbone: str, head_user_skip: bool = False,
 ) -> UserLLMConfig:  # fmt: skip
     """UserLLMConfig around a pretrained encoder: Perceiver width = encoder width."""
     d = encoder.d_model
     perceiver = PerceiverConfig(num_latents=num_user_tokens, dim_latent=d, heads=4, dim_head=d // 4)
-    tower = UserTowerConfig(encoder=encoder, perceiver=perceiver)
+    tower = UserTowerConfig(encoder=encoder, perceiver=perceiver, append_last_event=head_user_skip)
     llm = LLMAdapterConfig(
         mode=mode, dim_user=tower.dim_user, cross_attn_every_n_layers=every_n, heads=8, dim_head=64
     )
     return UserLLMConfig(
         tower=tower, llm=llm, num_items=len(corpus.vocabs["item"]),
         num_categories=max(2, len(corpus.vocabs["category"])), strategy=strategy, backbone=backbone,
+        head_user_skip=head_user_skip,
     )  # fmt: skip
 
 
