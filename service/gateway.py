@@ -60,11 +60,8 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        if not settings.redis_url:
-            raise RuntimeError(
-                "USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)"
-            )
-        redis = create_redis(settings.redis_url, "gateway")
+        redis_url = settings.require_redis_url()
+        redis = create_redis(redis_url, "gateway")
         generator = GeneratorClient(
             settings.generator_url,
             timeout_s=settings.generator_timeout_s,

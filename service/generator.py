@@ -67,16 +67,13 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        if not settings.redis_url:
-            raise RuntimeError(
-                "USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)"
-            )
+        redis_url = settings.require_redis_url()
         eng = engine
         if eng is None:
             eng = await asyncio.to_thread(
                 TorchEngine.load, settings.userllm_checkpoint, settings.resolved_backbone_dir, settings.device
             )
-        redis = create_redis(settings.redis_url, "generator")
+        redis = create_redis(redis_url, "generator")
 
         def batcher(fn: Any, name: str) -> Any:
             return MicroBatcher(

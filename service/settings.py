@@ -63,6 +63,14 @@ class Settings(BaseSettings):
             self.backbone_dir = self.cache_dir / "backbones" / "smollm2-135m-instruct"
         return self
 
+    def require_redis_url(self) -> str:
+        """The Redis URL of a service process (only `service.stack` starts an embedded server)."""
+        if not self.redis_url:
+            raise RuntimeError(
+                "USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)"
+            )
+        return self.redis_url
+
     @property
     def resolved_backbone_dir(self) -> Path:
         assert self.backbone_dir is not None

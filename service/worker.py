@@ -218,12 +218,14 @@ async def main() -> None:
 
     configure_logging()
     settings = get_settings()
-    if not settings.redis_url:
-        raise SystemExit("USERLLM_REDIS_URL is not set (python -m service.stack starts an embedded Redis)")
+    try:
+        redis_url = settings.require_redis_url()
+    except RuntimeError as exc:
+        raise SystemExit(f"error: {exc}") from None
     runtime = UserTowerRuntime.from_checkpoint(settings.userllm_checkpoint)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
-    redis = create_redis(settings.redis_url, "worker")
+    redis = create_redis(redis_url, "worker")
     keys = Keys(settings.key_prefix, settings.num_shards)
     worker = EncoderWorker(
         redis,
