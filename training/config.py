@@ -131,6 +131,10 @@ class FinetuneConfig(TrainConfig):
     tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review
     cross_attn_every_n_layers: int = 6  # gated cross-attention before every n-th decoder layer
     num_user_tokens: int = 16  # Perceiver latents L
+    use_perceiver: bool = (
+        True  # False: every encoder output is a user token (ablation "all 50"; offline only)
+    )
+    encoder_init: Literal["pretrained", "random"] = "pretrained"  # "random": ablation without pretraining
     max_prompt_tokens: int = 48  # instruction prompt length cap (tokens)
     max_review_tokens: int = 48  # review target length cap (tokens)
     gen_tokens: int = 32  # tokens generated per review at evaluation

@@ -70,7 +70,7 @@ def build_model(
     config = build_config(
         encoder=UserEncoderConfig(**encoder_ck.config["encoder"]), corpus=corpus, mode=cfg.mode,
         strategy=cfg.strategy, num_user_tokens=cfg.num_user_tokens, every_n=cfg.cross_attn_every_n_layers,
-        backbone=Path(backbone_dir).name, head_user_skip=cfg.head_user_skip,
+        backbone=Path(backbone_dir).name, head_user_skip=cfg.head_user_skip, use_perceiver=cfg.use_perceiver,
     )  # fmt: skip
     model = PersonalizedLM(config, backbone)
     for head in (model.item_head, model.category_head):  # default: start at uniform scores
@@ -83,7 +83,8 @@ def build_model(
         for block in model.llm.cross_attn_blocks():
             block.attn_gate.fill_(cfg.gate_init)
             block.ff_gate.fill_(cfg.gate_init)
-    load_state_strict(model.tower.encoder, encoder_ck.state_dict)
+    if cfg.encoder_init == "pretrained":  # "random": the ablation keeps the fresh initialisation
+        load_state_strict(model.tower.encoder, encoder_ck.state_dict)
     if cfg.head_user_skip:  # the skip starts as the pretrained encoder's own next-event heads
         init_skip_from_encoder(model)
     heads = torch.nn.ModuleList([model.item_head, model.category_head])
@@ -199,7 +200,8 @@ def split_new_parameters(
     the LLM) keep 1. No-op with the defaults (1, 1)."""
     if cfg.new_lr_mult == 1.0 and cfg.head_lr_mult == 1.0:
         return
-    mult = {id(p): cfg.new_lr_mult for p in model.tower.perceiver.parameters()}
+    perceiver = model.tower.perceiver
+    mult = {id(p): cfg.new_lr_mult for p in (perceiver.parameters() if perceiver is not None else ())}
     mult |= {
         id(p): cfg.new_lr_mult for n, p in model.llm.named_parameters() if model.llm.is_adapter_parameter(n)
     }

@@ -53,12 +53,14 @@ def nouns(dataset: str) -> tuple[str, str]:
 
 def build_config(
     *, encoder: UserEncoderConfig, corpus: Corpus, mode: str, strategy: str, num_user_tokens: int,
-    every_n: int, backbone: str, head_user_skip: bool = False,
+    every_n: int, backbone: str, head_user_skip: bool = False, use_perceiver: bool = True,
 ) -> UserLLMConfig:  # fmt: skip
     """UserLLMConfig around a pretrained encoder: Perceiver width = encoder width."""
     d = encoder.d_model
     perceiver = PerceiverConfig(num_latents=num_user_tokens, dim_latent=d, heads=4, dim_head=d // 4)
-    tower = UserTowerConfig(encoder=encoder, perceiver=perceiver, append_last_event=head_user_skip)
+    tower = UserTowerConfig(
+        encoder=encoder, perceiver=perceiver, append_last_event=head_user_skip, use_perceiver=use_perceiver
+    )
     llm = LLMAdapterConfig(
         mode=mode, dim_user=tower.dim_user, cross_attn_every_n_layers=every_n, heads=8, dim_head=64
     )
