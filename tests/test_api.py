@@ -227,29 +227,17 @@ async def test_generate_tasks(api) -> None:
         )
     ).json()
     assert review["completion_tokens"] <= 6 and review["prompt_tokens"] > 5 and "text" in review
-    chat = await client.post(
-        "/generate",
-        json={
-            "user_id": "nobody",
-            "task": "chat",
-            "prompt": "Hi",
-            "max_new_tokens": 4,
-            "temperature": 0.8,
-            "seed": 3,
-        },
-    )
+    sampled = {
+        "user_id": "nobody",
+        "task": "chat",
+        "prompt": "Hi",
+        "max_new_tokens": 4,
+        "temperature": 0.8,
+        "seed": 3,
+    }
+    chat = await client.post("/generate", json=sampled)
     assert chat.status_code == 200 and chat.json()["personalized"] is False
-    same = await client.post(
-        "/generate",
-        json={
-            "user_id": "nobody",
-            "task": "chat",
-            "prompt": "Hi",
-            "max_new_tokens": 4,
-            "temperature": 0.8,
-            "seed": 3,
-        },
-    )
+    same = await client.post("/generate", json=sampled)  # the same seed samples the same text
     assert same.json()["text"] == chat.json()["text"]
 
 

@@ -18,11 +18,8 @@ CHECKPOINT_FILES = {"model.safetensors", "config.json", "manifest.json", "vocab.
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: one thread avoids OpenMP thrashing
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Training tests run on one thread (fixture in conftest.py)."""
 
 
 def _log(run_dir: Path) -> list[dict]:
