@@ -36,11 +36,15 @@ class PerceiverConfig:
     dim_head: int = 32  # per-head width Dh
     ff_mult: int = 4  # feed-forward hidden width = ff_mult * Du
     latents_attend_to_self: bool = True  # keys/values = [events; latents] (Flamingo) vs events only
+    recency_positions: int = 0  # > 0: add a learned embedding of each event's age (0 = the newest,
+    # capped at recency_positions - 1) to the inputs, like Flamingo's media time embeddings; 0 = none
 
     def __post_init__(self) -> None:
         for name in ("num_latents", "dim_latent", "depth", "heads", "dim_head", "ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.recency_positions < 0:
+            raise ValueError(f"recency_positions must be >= 0, got {self.recency_positions}")
 
     @property
     def inner_dim(self) -> int:
@@ -111,6 +115,10 @@ class PerceiverResampler(nn.Module):
         dim_input = dim if dim_input is None else dim_input
         self.proj_in: nn.Module = nn.Identity() if dim_input == dim else nn.Linear(dim_input, dim)
         self.latents = nn.Parameter(torch.randn(config.num_latents, dim))  # (L, Du)
+        self.recency_emb: nn.Embedding | None = None
+        if config.recency_positions:
+            self.recency_emb = nn.Embedding(config.recency_positions, dim)  # (P, Du)
+            nn.init.normal_(self.recency_emb.weight, std=0.1)
         self.layers = nn.ModuleList(
             nn.ModuleList(
                 [
@@ -143,6 +151,10 @@ class PerceiverResampler(nn.Module):
         if mask.dtype != torch.bool or mask.shape != (b, t):
             raise ValueError(f"mask must be bool ({b}, {t}), got {mask.dtype} {tuple(mask.shape)}")
         x = self.proj_in(x)  # (B, T, Du)
+        if self.recency_emb is not None:
+            newer = mask.flip(1).long().cumsum(1).flip(1) - 1  # (B, T) real events after t (holes allowed)
+            age = newer.clamp(0, self.config.recency_positions - 1)
+            x = x + self.recency_emb(age) * mask[..., None].to(x.dtype)  # (B, T, Du)
         latents = self.latents.unsqueeze(0).expand(b, -1, -1)  # (B, L, Du)
         for attn, ff in self.layers:  # type: ignore[misc]
             latents = latents + attn(x, latents, mask)

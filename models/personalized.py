@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from models.checkpoint import Checkpoint, CheckpointError, load_state_strict
 from models.heads import CategoryHead, NextItemHead
+from models.lower_layers import forward_from_lower
 from models.strategies import STRATEGIES, add_lora
 from models.user_tower import UserTower, UserTowerConfig
 from models.userllm import LLMAdapterConfig, UserContext, UserLLM, UserLLMOutput
@@ -42,6 +43,8 @@ class UserLLMConfig:
     # heads also read the last-event user token directly (needs tower.append_last_event; a skip
     # connection that is not in the USER-LLM paper, see models/heads.py)
     head_user_skip: bool = False
+    head_dim: int = 0  # > 0: factorised heads through a head_dim output embedding (models/heads.py)
+    head_center: bool = False  # heads read h minus the bare backbone's state on the same prompt
     backbone: str = "smollm2-135m-instruct"  # name of the backbone folder this was trained on
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class UserLLMConfig:
             )
         if self.head_user_skip and not self.tower.append_last_event:
             raise ValueError("head_user_skip needs tower.append_last_event=True")
+        if self.head_dim < 0:
+            raise ValueError(f"head_dim must be >= 0, got {self.head_dim}")
         if self.num_items < 3 or self.num_categories < 2:
             raise ValueError("num_items must be >= 3 and num_categories >= 2 (pad, unk, ...)")
 
@@ -83,10 +88,9 @@ class PersonalizedLM(nn.Module):
             add_lora(self.llm, rank=config.lora_rank)
         dim = self.llm.dim_model
         dim_user = config.tower.dim_user if config.head_user_skip else 0
-        self.item_head = NextItemHead(dim_model=dim, num_items=config.num_items, dim_user=dim_user)
-        self.category_head = CategoryHead(
-            dim_model=dim, num_categories=config.num_categories, dim_user=dim_user
-        )
+        shared = dict(dim_model=dim, dim_user=dim_user, dim_embed=config.head_dim, center=config.head_center)
+        self.item_head = NextItemHead(num_items=config.num_items, **shared)
+        self.category_head = CategoryHead(num_categories=config.num_categories, **shared)
         param = next(backbone.parameters())
         self.tower.to(device=param.device)  # float32: user_tokens are cast when entering the LLM
         for head in (self.item_head, self.category_head):  # heads read the backbone's hidden states
@@ -117,14 +121,24 @@ class PersonalizedLM(nn.Module):
         return self.llm(input_ids, attention_mask, user_context=user_context, **kwargs)
 
     def score(
-        self, input_ids: Tensor, attention_mask: Tensor, user_context: UserContext | None
-    ) -> tuple[Tensor, Tensor]:
-        """Next-item (B, I) and favourite-category (B, C) logits at the prompt's last real token."""
-        out = self.llm(input_ids, attention_mask, user_context=user_context, logits_to_keep=1)
+        self, input_ids: Tensor, attention_mask: Tensor, user_context: UserContext | None,
+        lower: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Next-item (B, I) and favourite-category (B, C) logits at the prompt's last real token.
+
+        `lower` (B, S, Dl): the prompt's states below the first cross-attention layer
+        (models/lower_layers.py), computed once; the lower layers are then skipped.
+        """
+        if lower is not None:
+            hidden = forward_from_lower(self.llm, lower, attention_mask, user_context)  # (B, S, Dl)
+        else:
+            hidden = self.llm(
+                input_ids, attention_mask, user_context=user_context, logits_to_keep=1
+            ).hidden_states
         summary = user_context.user_summary if user_context is not None else None
         return (
-            self.item_head(out.hidden_states, attention_mask, summary),
-            self.category_head(out.hidden_states, attention_mask, summary),
+            self.item_head(hidden, attention_mask, summary),
+            self.category_head(hidden, attention_mask, summary),
         )
 
     # --- checkpoint ---

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ import torch
 from models.backbone import backbone_id, load_backbone
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.generation import SamplingParams, left_pad, stream_generate
+from models.lower_layers import lower_states, split_layer
 from models.personalized import PersonalizedLM, UserLLMConfig
 from models.prompts import instruction, prompt_ids
 from models.userllm import UserContext
@@ -49,11 +50,15 @@ class UserInput:
         return self.user_tokens is not None
 
 
+ScoreTask = Literal["next_item", "genre"]
+
+
 @dataclass
 class ScoreJob:
     user: UserInput
     k: int
     exclude: set[int] = field(default_factory=set)  # item vocabulary ids not to recommend
+    task: ScoreTask = "next_item"  # which instruction is scored (each head was trained on its own)
 
 
 @dataclass
@@ -101,6 +106,7 @@ class TorchEngine:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.score_prompt = prompt_ids(tokenizer, instruction("next_item", noun=noun))
         self.genre_prompt = prompt_ids(tokenizer, instruction("genre", category=category_noun))
+        self._lower: dict[str, torch.Tensor] = {}  # fixed prompt -> states below the first xattn layer
 
     @classmethod
     def load(cls, checkpoint_dir: Path, backbone_dir: Path, device: str = "auto") -> TorchEngine:
@@ -164,17 +170,43 @@ class TorchEngine:
         """Recompute user tokens from stored histories (cache miss or other model_version)."""
         return [e.user_tokens for e in self.tower.encode_full(histories)]
 
+    def _lower_states(self, task: ScoreTask) -> torch.Tensor:
+        """(1, S, Dl) states of a fixed scoring prompt below the first cross-attention layer: the
+        same for every user, computed once (models/lower_layers.py)."""
+        if task not in self._lower:
+            prompt = self.score_prompt if task == "next_item" else self.genre_prompt
+            ids = torch.tensor([prompt], device=self.device)
+            self._lower[task] = lower_states(self.model.llm, ids)
+        return self._lower[task]
+
+    def _score(self, users: Sequence[UserInput], task: ScoreTask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, I) item and (B, C) category logits of `users` on one task's prompt (one prompt for all
+        rows: no padding)."""
+        prompt = self.score_prompt if task == "next_item" else self.genre_prompt
+        ids = torch.tensor([prompt], device=self.device).expand(len(users), -1)  # (B, S)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        lower = None
+        if split_layer(self.model.llm) > 0:  # cross-attention: skip the user-independent lower layers
+            lower = self._lower_states(task).expand(len(users), -1, -1)  # (B, S, Dl)
+        return self.model.score(ids, mask, self._context(users), lower)
+
     @torch.inference_mode()
     def score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
-        ids, mask = left_pad([self.score_prompt] * len(jobs), pad_token_id=self.pad_id)
-        item_logits, cat_logits = self.model.score(
-            ids.to(self.device), mask.to(self.device), self._context([j.user for j in jobs])
-        )
+        results: list[ScoreResult | None] = [None] * len(jobs)
+        for task in ("next_item", "genre"):
+            index = [i for i, job in enumerate(jobs) if job.task == task]
+            if index:
+                self._score_task([jobs[i] for i in index], task, index, results)
+        return [r for r in results if r is not None]
+
+    def _score_task(
+        self, jobs: list[ScoreJob], task: ScoreTask, index: list[int], results: list[ScoreResult | None]
+    ) -> None:
+        item_logits, cat_logits = self._score([j.user for j in jobs], task)
         item_logits[:, list(SPECIAL_IDS)] = float("-inf")
         cat_probs = cat_logits.float()
         cat_probs[:, list(SPECIAL_IDS)] = float("-inf")
         cat_probs = cat_probs.softmax(-1)
-        results = []
         for i, job in enumerate(jobs):
             row = item_logits[i].float().clone()
             if job.exclude:
@@ -182,13 +214,10 @@ class TorchEngine:
             k = min(job.k, int(torch.isfinite(row).sum()))
             top = row.topk(k)
             cats = cat_probs[i].topk(min(3, cat_probs.shape[1] - len(SPECIAL_IDS)))
-            results.append(
-                ScoreResult(
-                    list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
-                    list(zip(cats.indices.tolist(), cats.values.tolist(), strict=True)),
-                )
+            results[index[i]] = ScoreResult(
+                list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
+                list(zip(cats.indices.tolist(), cats.values.tolist(), strict=True)),
             )
-        return results
 
     @torch.inference_mode()
     def generate_batch(self, jobs: list[GenerateJob]) -> list[GenerateResult]:

@@ -87,7 +87,8 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
         scorer = batcher(eng.score_batch, "score")
         decoder = batcher(eng.generate_batch, "generate")
         encoder = batcher(eng.tower.encode_full, "encode")
-        await asyncio.to_thread(eng.score_batch, [ScoreJob(UserInput(None), k=1)])  # warm-up
+        warm_up = [ScoreJob(UserInput(None), k=1), ScoreJob(UserInput(None), k=1, task="genre")]
+        await asyncio.to_thread(eng.score_batch, warm_up)  # also computes the prompts' lower states
         for b in (scorer, decoder, encoder):
             b.start()
         log.info("generator ready: model_version %s on %s", eng.model_version, eng.device)
@@ -211,7 +212,7 @@ def _routes(app: FastAPI) -> None:
             updated_at=updated_at,
         )
         if body.task == "genre":
-            scored = await state["scorer"].submit(ScoreJob(user, k=1))
+            scored = await state["scorer"].submit(ScoreJob(user, k=1, task="genre"))
             genres = [(engine.codec.categories.decode(i), p) for i, p in scored.categories]
             return GenerateResponse(
                 **info,

@@ -4,6 +4,7 @@ SmolLM2 tokenizer, saved as a Hugging Face folder."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def vocab_and_catalogue() -> tuple[dict, dict]:
     return vocab, catalogue
 
 
-def tiny_config() -> UserLLMConfig:
+def tiny_config(cross_attn_layers: tuple[int, ...] = ()) -> UserLLMConfig:
     features = (
         FeatureConfig("item", NUM_ITEMS + 2, False, 16),
         FeatureConfig("category", len(GENRES) + 2, True, 8),
@@ -43,15 +44,20 @@ def tiny_config() -> UserLLMConfig:
         features=features, d_model=32, n_layers=2, n_heads=4, window=WINDOW, dropout=0.0
     )
     tower = UserTowerConfig(encoder=encoder, perceiver=PerceiverConfig.tiny())
-    return UserLLMConfig(
-        tower=tower, llm=LLMAdapterConfig.tiny(), num_items=NUM_ITEMS + 2, num_categories=len(GENRES) + 2
-    )
+    llm = dataclasses.replace(LLMAdapterConfig.tiny(), cross_attn_layers=cross_attn_layers)
+    return UserLLMConfig(tower=tower, llm=llm, num_items=NUM_ITEMS + 2, num_categories=len(GENRES) + 2)
 
 
 def build_tiny_stack(
-    root: Path, tokenizer_dir: Path, *, seed: int = 0, gate: float = 0.5
+    root: Path,
+    tokenizer_dir: Path,
+    *,
+    seed: int = 0,
+    gate: float = 0.5,
+    cross_attn_layers: tuple[int, ...] = (),
 ) -> tuple[Path, Path]:
-    """Write `root/backbone` (tiny Llama + real tokenizer) and `root/userllm` (checkpoint)."""
+    """Write `root/backbone` (tiny Llama + real tokenizer) and `root/userllm` (checkpoint); cross-attention
+    before every layer unless `cross_attn_layers` says where."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
@@ -61,7 +67,7 @@ def build_tiny_stack(
     backbone.config.pad_token_id = tokenizer.pad_token_id or 0
     backbone.save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
-    model = PersonalizedLM(tiny_config(), backbone)
+    model = PersonalizedLM(tiny_config(cross_attn_layers), backbone)
     with torch.no_grad():  # open the gates: an untrained model whose answers still depend on the user
         for block in model.llm.cross_attn_blocks():
             block.attn_gate.fill_(gate)

@@ -85,9 +85,10 @@ def test_finetune_writes_a_userllm_checkpoint_and_resumes(
 
 def test_init_and_lr_group_options(tiny_backbone: Path, encoder_dir: Path, tmp_path: Path):
     from training.corpus import load_corpus, vocabs_from_dict
-    from training.finetune import build_model, build_pools, init_bias_prior, split_new_parameters
+    from training.finetune import build_pools
     from training.run import configure_optimizer
     from training.tasks import TaskRunner
+    from training.userllm_setup import build_model, init_bias_prior, split_new_parameters
 
     cfg = FinetuneConfig(
         encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),

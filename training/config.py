@@ -130,6 +130,8 @@ class FinetuneConfig(TrainConfig):
     strategy: Literal["full", "enc", "lora", "proj"] = "enc"  # which parameters train (models/strategies.py)
     tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review
     cross_attn_every_n_layers: int = 6  # gated cross-attention before every n-th decoder layer
+    cross_attn_layers: str = ""  # explicit decoder-layer indices, e.g. "20,23,26,29" (overrides every_n);
+    # the frozen layers below the first one then run once per prompt (models/lower_layers.py)
     num_user_tokens: int = 16  # Perceiver latents L
     use_perceiver: bool = (
         True  # False: every encoder output is a user token (ablation "all 50"; offline only)
@@ -145,7 +147,11 @@ class FinetuneConfig(TrainConfig):
     # logit by ~lr * |h|_1 per step, |h| = the LLM hidden width, so heads want a low LR)
     head_init_std: float = 0.0  # head weights ~ N(0, std); 0 = zeros (uniform scores at step 0)
     gate_init: float = 0.0  # initial value of the cross-attention tanh gates (0 = identity at start)
-    head_user_skip: bool = False  # heads also read the mean user token (skip connection; not in the paper)
+    head_user_skip: bool = False  # heads also read the last-event token (skip connection; not in the paper)
+    encoder_heads: bool = False  # factorised heads: LLM state -> encoder width -> the pretrained encoder's
+    # next-event item / category output embeddings (copied, then trained); False = fresh Linear(Dl, N)
+    head_center: bool = False  # heads read h - (bare backbone's h on the same prompt) (models/heads.py)
+    perceiver_recency: bool = False  # Perceiver inputs get a learned embedding of each event's age
     head_bias_prior: bool = False  # init head biases to log label frequencies of the training pool
     # (the model starts at most-popular / majority genre instead of learning it first; False = zeros)
     out_dir: str = "checkpoints/userllm"  # USER-LLM checkpoint directory
@@ -164,6 +170,12 @@ class FinetuneConfig(TrainConfig):
         super().__post_init__()
         if self.new_lr_mult <= 0 or self.head_lr_mult <= 0 or self.head_init_std < 0:
             raise ConfigError("new_lr_mult and head_lr_mult must be > 0, head_init_std >= 0")
+        try:
+            _ = self.cross_attn_layer_ids
+        except ValueError:
+            raise ConfigError(
+                f"cross_attn_layers must be comma-separated integers, got {self.cross_attn_layers!r}"
+            ) from None
         unknown = set(self.task_list) - {"next_item", "favourite_category", "review"}
         if unknown or not self.task_list:
             raise ConfigError(f"tasks: unknown {sorted(unknown)}; use next_item, favourite_category, review")
@@ -171,6 +183,10 @@ class FinetuneConfig(TrainConfig):
     @property
     def task_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+
+    @property
+    def cross_attn_layer_ids(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.cross_attn_layers.split(",") if i.strip())
 
 
 @dataclass(frozen=True)

@@ -25,91 +25,26 @@ from typing import Any
 
 import torch
 
-from models.backbone import backbone_id, load_backbone
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
-from models.personalized import PersonalizedLM, UserLLMConfig
-from models.strategies import apply_strategy
-from models.user_encoder import UserEncoderConfig
+from models.backbone import backbone_id
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.personalized import PersonalizedLM
 from training.config import EvalConfig, FinetuneConfig, get_lr, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
 from training.metrics import ranking_metrics, rouge, target_ranks
 from training.pretrain import batch_order
 from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
-from training.tasks import TaskRunner, build_config, default_backbone_dir, nouns, training_examples
+from training.tasks import TaskRunner, nouns, training_examples
+from training.userllm_setup import (
+    build_model,
+    frozen_below_split,
+    init_bias_prior,
+    init_head_centers,
+    load_userllm,
+    split_new_parameters,
+)
 
-__all__ = ["evaluate_userllm", "load_userllm", "main"]
-
-
-# --- model ---
-
-
-@torch.no_grad()
-def init_skip_from_encoder(model: PersonalizedLM) -> None:
-    """Heads' user skip (reading the last-event token) := the encoder's next-event item / category
-    heads, and the next-item bias := the encoder's: at step 0 next-item scores equal the sequence-only
-    model's plus the LLM path (zero at init), which fine-tuning then learns."""
-    encoder_heads = model.tower.encoder.heads
-    pairs = ((model.item_head, encoder_heads["item"]), (model.category_head, encoder_heads["category"]))
-    for head, source in pairs:
-        assert head.user_proj is not None
-        if head.user_proj.weight.shape != source.weight.shape:
-            raise ValueError(
-                f"encoder head {tuple(source.weight.shape)} != skip {tuple(head.user_proj.weight.shape)}"
-            )
-        head.user_proj.weight.copy_(source.weight)
-        head.proj.bias.copy_(source.bias)
-
-
-def build_model(
-    cfg: FinetuneConfig, encoder_ck: Checkpoint, corpus: Corpus
-) -> tuple[PersonalizedLM, Any, str]:
-    """Backbone + pretrained encoder -> PersonalizedLM with the strategy applied; (model, tokenizer, dir)."""
-    backbone_dir = cfg.backbone_dir or default_backbone_dir()
-    backbone, tokenizer = load_backbone(backbone_dir, dtype=getattr(torch, cfg.backbone_dtype))
-    config = build_config(
-        encoder=UserEncoderConfig(**encoder_ck.config["encoder"]), corpus=corpus, mode=cfg.mode,
-        strategy=cfg.strategy, num_user_tokens=cfg.num_user_tokens, every_n=cfg.cross_attn_every_n_layers,
-        backbone=Path(backbone_dir).name, head_user_skip=cfg.head_user_skip, use_perceiver=cfg.use_perceiver,
-    )  # fmt: skip
-    model = PersonalizedLM(config, backbone)
-    for head in (model.item_head, model.category_head):  # default: start at uniform scores
-        if cfg.head_init_std > 0:  # small random weights: the gates get a gradient from step 0
-            torch.nn.init.normal_(head.proj.weight, std=cfg.head_init_std)
-        else:
-            torch.nn.init.zeros_(head.proj.weight)
-        torch.nn.init.zeros_(head.proj.bias)
-    with torch.no_grad():  # zero gates get no gradient while the heads are zero; gate_init > 0 opens them
-        for block in model.llm.cross_attn_blocks():
-            block.attn_gate.fill_(cfg.gate_init)
-            block.ff_gate.fill_(cfg.gate_init)
-    if cfg.encoder_init == "pretrained":  # "random": the ablation keeps the fresh initialisation
-        load_state_strict(model.tower.encoder, encoder_ck.state_dict)
-    if cfg.head_user_skip:  # the skip starts as the pretrained encoder's own next-event heads
-        init_skip_from_encoder(model)
-    heads = torch.nn.ModuleList([model.item_head, model.category_head])
-    apply_strategy(
-        llm=model.llm, encoder=model.tower.encoder, perceiver=model.tower.perceiver, strategy=cfg.strategy,
-        heads=heads,
-    )  # fmt: skip
-    return model, tokenizer, backbone_dir
-
-
-def load_userllm(ck: Checkpoint, backbone_dir: str | None = None) -> tuple[PersonalizedLM, Any]:
-    """Rebuild a fine-tuned model from its checkpoint; refuses a backbone whose id differs."""
-    directory = backbone_dir or ck.manifest.get("backbone_dir") or default_backbone_dir()
-    if not Path(directory).is_dir():
-        directory = default_backbone_dir()
-    expected = ck.manifest.get("backbone_id")
-    if expected and backbone_id(directory) != expected:
-        raise CheckpointError(
-            f"backbone {directory} has id {backbone_id(directory)}, checkpoint wants {expected}"
-        )
-    dtype = (ck.manifest.get("train_config") or {}).get("backbone_dtype", "float32")
-    backbone, tokenizer = load_backbone(directory, dtype=getattr(torch, dtype))
-    model = PersonalizedLM(UserLLMConfig(**ck.config), backbone)
-    model.load_checkpoint_state(ck)
-    return model.eval(), tokenizer
+__all__ = ["build_pools", "evaluate_userllm", "main"]
 
 
 # --- validation ---
@@ -177,47 +112,6 @@ def build_pools(corpus: Corpus, tasks: Sequence[str], window: int) -> dict[str, 
     return pools
 
 
-@torch.no_grad()
-def init_bias_prior(runner: TaskRunner, pools: dict[str, list[Example]]) -> None:
-    """Head bias = log frequency of each label in the training pool (+0.5 smoothing, centred): the
-    untrained model then scores most-popular next items / the majority favourite genre."""
-    heads = {"next_item": runner.model.item_head, "favourite_category": runner.model.category_head}
-    for task, head in heads.items():
-        if task not in pools:
-            continue
-        labels = runner.labels(pools[task], task).cpu()
-        counts = torch.bincount(labels, minlength=head.proj.bias.numel())[: head.proj.bias.numel()].double()
-        log_prior = (counts + 0.5).log()
-        log_prior[:2] = log_prior[2:].min()  # pad / unknown: never targets
-        head.proj.bias.copy_((log_prior - log_prior.mean()).to(head.proj.bias))
-
-
-def split_new_parameters(
-    optimizer: torch.optim.Optimizer, model: PersonalizedLM, cfg: FinetuneConfig
-) -> None:
-    """Give the freshly initialised parameters groups of their own: Perceiver + LLM adapters get
-    `lr_mult` = cfg.new_lr_mult, the heads cfg.head_lr_mult; the encoder (and for "full" / "lora"
-    the LLM) keep 1. No-op with the defaults (1, 1)."""
-    if cfg.new_lr_mult == 1.0 and cfg.head_lr_mult == 1.0:
-        return
-    perceiver = model.tower.perceiver
-    mult = {id(p): cfg.new_lr_mult for p in (perceiver.parameters() if perceiver is not None else ())}
-    mult |= {
-        id(p): cfg.new_lr_mult for n, p in model.llm.named_parameters() if model.llm.is_adapter_parameter(n)
-    }
-    mult |= {id(p): cfg.head_lr_mult for h in (model.item_head, model.category_head) for p in h.parameters()}
-    groups = []
-    for group in optimizer.param_groups:
-        params = group.pop("params")
-        for m in dict.fromkeys([1.0, cfg.new_lr_mult, cfg.head_lr_mult]):
-            chosen = [p for p in params if mult.get(id(p), 1.0) == m]
-            if chosen:
-                groups.append({**group, "params": chosen, "lr_mult": m})
-    optimizer.param_groups.clear()
-    for group in groups:
-        optimizer.add_param_group(group)
-
-
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
     start = time.perf_counter()
     encoder_ck = load_checkpoint(cfg.encoder_dir)
@@ -229,11 +123,20 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model, tokenizer, backbone_dir = build_model(cfg, encoder_ck, corpus)
-    runner = TaskRunner(model, tokenizer, corpus, cfg.max_prompt_tokens, cfg.max_review_tokens)
+    runner = TaskRunner(
+        model,
+        tokenizer,
+        corpus,
+        cfg.max_prompt_tokens,
+        cfg.max_review_tokens,
+        reuse_lower=frozen_below_split(model),
+    )
     window = model.config.tower.encoder.window
     pools = build_pools(corpus, cfg.task_list, window)
-    if cfg.head_bias_prior and not cfg.resume:
-        init_bias_prior(runner, pools)
+    if not cfg.resume:
+        init_head_centers(runner)
+        if cfg.head_bias_prior:
+            init_bias_prior(runner, pools)
     # validate on the classification tasks when there are any (cheap), else on the review loss
     val_tasks = [t for t in cfg.task_list if t != "review"] or ["review"]
     valid = [ex for ex in corpus.splits.valid if val_tasks != ["review"] or ex.target.text]
@@ -307,7 +210,7 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
 
     model, tokenizer = load_userllm(ck)
     train_cfg = ck.manifest.get("train_config") or {}  # same prompt cut as in training
-    runner = TaskRunner(model, tokenizer, corpus, train_cfg.get("max_prompt_tokens", 48))
+    runner = TaskRunner(model, tokenizer, corpus, train_cfg.get("max_prompt_tokens", 48), reuse_lower=True)
     tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
     cats = corpus.vocabs["category"]
     result: dict[str, Any] = {

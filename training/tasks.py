@@ -23,6 +23,7 @@ from torch import Tensor
 
 from models.features import collate_events
 from models.generation import SamplingParams, generate, left_pad
+from models.lower_layers import lower_states, split_layer
 from models.perceiver import PerceiverConfig
 from models.personalized import PersonalizedLM, UserLLMConfig
 from models.prompts import instruction, prompt_ids
@@ -54,20 +55,27 @@ def nouns(dataset: str) -> tuple[str, str]:
 def build_config(
     *, encoder: UserEncoderConfig, corpus: Corpus, mode: str, strategy: str, num_user_tokens: int,
     every_n: int, backbone: str, head_user_skip: bool = False, use_perceiver: bool = True,
+    cross_attn_layers: tuple[int, ...] = (), encoder_heads: bool = False, head_center: bool = False,
+    perceiver_recency: bool = False,
 ) -> UserLLMConfig:  # fmt: skip
-    """UserLLMConfig around a pretrained encoder: Perceiver width = encoder width."""
+    """UserLLMConfig around a pretrained encoder: Perceiver width = encoder width; `encoder_heads`:
+    factorised heads as wide as the encoder (initialised from its next-event heads by fine-tuning)."""
     d = encoder.d_model
-    perceiver = PerceiverConfig(num_latents=num_user_tokens, dim_latent=d, heads=4, dim_head=d // 4)
+    perceiver = PerceiverConfig(
+        num_latents=num_user_tokens, dim_latent=d, heads=4, dim_head=d // 4,
+        recency_positions=encoder.window if perceiver_recency else 0,
+    )  # fmt: skip
     tower = UserTowerConfig(
         encoder=encoder, perceiver=perceiver, append_last_event=head_user_skip, use_perceiver=use_perceiver
     )
     llm = LLMAdapterConfig(
-        mode=mode, dim_user=tower.dim_user, cross_attn_every_n_layers=every_n, heads=8, dim_head=64
-    )
+        mode=mode, dim_user=tower.dim_user, cross_attn_every_n_layers=every_n, heads=8, dim_head=64,
+        cross_attn_layers=cross_attn_layers,
+    )  # fmt: skip
     return UserLLMConfig(
         tower=tower, llm=llm, num_items=len(corpus.vocabs["item"]),
         num_categories=max(2, len(corpus.vocabs["category"])), strategy=strategy, backbone=backbone,
-        head_user_skip=head_user_skip,
+        head_user_skip=head_user_skip, head_dim=d if encoder_heads else 0, head_center=head_center,
     )  # fmt: skip
 
 
@@ -89,8 +97,11 @@ class TaskRunner:
     corpus: Corpus
     max_prompt_tokens: int = 48
     max_review_tokens: int = 48
+    reuse_lower: bool = False  # reuse the fixed prompts' states below the first cross-attention layer
+    # (models/lower_layers.py); only while those layers are frozen
 
     def __post_init__(self) -> None:
+        self._lower: dict[str, Tensor] = {}
         self._sentence: Any = None
         self._text_cache: dict[str, Tensor] = {}
         self.noun, self.category_noun = nouns(self.corpus.dataset.name)
@@ -158,6 +169,16 @@ class TaskRunner:
         ids = torch.tensor(self.prompts[task], device=self.device).expand(batch, -1)  # (B, S)
         return ids, torch.ones_like(ids, dtype=torch.bool)
 
+    def lower(self, task: str, batch: int) -> Tensor | None:
+        """(B, S, Dl) states of the task's fixed prompt below the first cross-attention layer, computed
+        once; None when the user context enters at the input (nothing to reuse)."""
+        if split_layer(self.model.llm) == 0:
+            return None
+        if task not in self._lower:
+            with torch.no_grad():
+                self._lower[task] = lower_states(self.model.llm, *self.fixed_prompt(task, 1))  # (1, S, Dl)
+        return self._lower[task].expand(batch, -1, -1)
+
     def review_prompt(self, ex: Example) -> list[int]:
         item = self.corpus.catalogue.get(ex.target.item) or {}
         title = item.get("title") or ex.target.item
@@ -169,7 +190,8 @@ class TaskRunner:
     def scores(self, examples: Sequence[Example], task: str) -> Tensor:
         """(B, I) next-item or (B, C) category logits (pad / unknown ids get -inf)."""
         ids, mask = self.fixed_prompt(task, len(examples))
-        items, categories = self.model.score(ids, mask, self.context(examples, self.texts[task]))
+        lower = self.lower(task, len(examples)) if self.reuse_lower else None
+        items, categories = self.model.score(ids, mask, self.context(examples, self.texts[task]), lower)
         logits = (items if task == "next_item" else categories).float()
         logits[:, :2] = -torch.inf
         return logits

@@ -1,0 +1,53 @@
+"""TorchEngine scoring: each task is scored on its own instruction (the one its head was trained on),
+and reusing the prompts' lower-layer states gives the same scores as running the whole LLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from llm_fixtures import real_backbone_dir  # noqa: F401
+from service_fixtures import build_tiny_stack
+
+from service.engine import ScoreJob, TorchEngine, UserInput
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, real_backbone_dir) -> TorchEngine:  # noqa: F811
+    backbone, ckpt = build_tiny_stack(
+        tmp_path_factory.mktemp("engine"), real_backbone_dir, cross_attn_layers=(1,)
+    )
+    return TorchEngine.load(ckpt, backbone, device="cpu")
+
+
+def _full_scores(
+    engine: TorchEngine, prompt: list[int], tokens: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    context = engine._context([UserInput(tokens)])
+    with torch.inference_mode():
+        return engine.model.score(ids, mask, context)  # the whole LLM, no reused states
+
+
+def test_genre_and_next_item_use_their_own_prompts(engine: TorchEngine) -> None:
+    rng = np.random.default_rng(0)
+    shape = (engine.model.config.tower.num_user_tokens, engine.model.config.tower.dim_user)
+    users = [UserInput(rng.standard_normal(shape).astype(np.float16)) for _ in range(3)]
+    jobs = [ScoreJob(users[0], k=5), ScoreJob(users[1], k=1, task="genre"), ScoreJob(users[2], k=5)]
+    results = engine.score_batch(jobs)
+    assert len(results) == 3
+    for job, result in zip(jobs, results, strict=True):
+        prompt = engine.genre_prompt if job.task == "genre" else engine.score_prompt
+        items, cats = _full_scores(engine, prompt, job.user.user_tokens)  # type: ignore[arg-type]
+        best_item = int(items[0, 2:].argmax()) + 2
+        assert result.items[0][0] == best_item
+        torch.testing.assert_close(result.items[0][1], float(items[0, best_item]), rtol=1e-5, atol=1e-5)
+        probs = cats[0].float().clone()
+        probs[:2] = -torch.inf
+        torch.testing.assert_close(
+            result.categories[0][1], float(probs.softmax(-1).max()), rtol=1e-5, atol=1e-5
+        )
+    genre_on_item_prompt = _full_scores(engine, engine.score_prompt, users[1].user_tokens)[1]  # type: ignore[arg-type]
+    genre_on_genre_prompt = _full_scores(engine, engine.genre_prompt, users[1].user_tokens)[1]  # type: ignore[arg-type]
+    assert (genre_on_item_prompt - genre_on_genre_prompt).abs().max() > 1e-4  # the prompt matters
