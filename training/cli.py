@@ -5,6 +5,7 @@
     python -m training finetune --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
     python -m training evaluate --checkpoint=checkpoints/encoder --out_dir=results/encoder
     python -m training baselines --checkpoint=checkpoints/encoder --out_dir=results/baselines
+    python -m training text-prompt --encoder_dir=checkpoints/encoder --out_dir=results/text-prompt
     python -m training results --inputs=results/ml-100k,results/ml-latest-small --out=docs/results.md
 
 Every `--key=value` is a field of the command's config dataclass (training/config.py), type-checked;
@@ -19,7 +20,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from training.config import ConfigError, EvalConfig, FinetuneConfig, TrainConfig, apply_overrides
+from training.config import (
+    ConfigError,
+    EvalConfig,
+    FinetuneConfig,
+    TextPromptConfig,
+    TrainConfig,
+    apply_overrides,
+)
 
 __all__ = ["main"]
 
@@ -48,6 +56,12 @@ def _baselines(cfg: Any) -> Any:
     return run(cfg)
 
 
+def _text_prompt(cfg: Any) -> Any:
+    from training.text_prompt import main as run
+
+    return run(cfg)
+
+
 def _results(cfg: Any) -> Any:
     from training.results import main as run
 
@@ -69,6 +83,11 @@ COMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str]] = {
     "finetune": (FinetuneConfig, _finetune, "train USER-LLM (encoder + Perceiver + LLM) on the tasks"),
     "evaluate": (EvalConfig, _evaluate, "next-item / favourite-genre / review metrics of a checkpoint"),
     "baselines": (EvalConfig, _baselines, "most-popular and sequence-only baselines on the same split"),
+    "text-prompt": (
+        TextPromptConfig,
+        _text_prompt,
+        "text-prompt baseline: the frozen backbone reads the history as text, heads on its features",
+    ),
     "results": (_results_config, _results, "collect results JSON files into docs/results.md + plots"),
 }
 

@@ -10,36 +10,27 @@ References: nanoGPT `train.py` / `configurator.py`; litgpt `args.py`, `finetune/
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 import random
-import types
-import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from training.overrides import ConfigError, apply_overrides, parse_overrides
 
 __all__ = [
     "ConfigError",
     "EvalConfig",
     "FinetuneConfig",
+    "TextPromptConfig",
     "TrainConfig",
     "apply_overrides",
     "get_lr",
     "parse_overrides",
     "seed_everything",
 ]
-
-C = TypeVar("C")
-
-
-class ConfigError(ValueError):
-    """A bad `--key=value` override (unknown key, wrong type) or an invalid combination of values."""
-
 
 # --- configs ---
 
@@ -152,6 +143,8 @@ class FinetuneConfig(TrainConfig):
     # next-event item / category output embeddings (copied, then trained); False = fresh Linear(Dl, N)
     head_center: bool = False  # heads read h - (bare backbone's h on the same prompt) (models/heads.py)
     perceiver_recency: bool = False  # Perceiver inputs get a learned embedding of each event's age
+    last_event_token: bool = False  # user_tokens += the encoder's output at the newest event (the LLM
+    # cross-attends to it like to the Perceiver tokens; head_user_skip implies it)
     head_bias_prior: bool = False  # init head biases to log label frequencies of the training pool
     # (the model starts at most-popular / majority genre instead of learning it first; False = zeros)
     out_dir: str = "checkpoints/userllm"  # USER-LLM checkpoint directory
@@ -220,76 +213,61 @@ class EvalConfig:
             raise ConfigError(f"ks must be comma-separated integers, got {self.ks!r}") from exc
 
 
-# --- overrides ---
+@dataclass(frozen=True)
+class TextPromptConfig:
+    """Text-prompt baseline: the frozen backbone reads the history as text; heads train on its features."""
 
+    # data (the encoder's vocabulary and split, so the rows compare with USER-LLM's)
+    dataset: str = "movielens-latest"  # data set name (training/data/registry.py)
+    path: str | None = None  # data directory or file; None = the vendored ml-latest-small
+    category: str | None = None  # Amazon category / Google Local state
+    max_users: int = 0  # first N users only (0 = all)
+    encoder_dir: str = "checkpoints/encoder"  # pretrained encoder: vocabulary + head initialisation
+    backbone_dir: str | None = None  # HF causal-LM folder; None = $USERLLM_BACKBONE_DIR
+    # output
+    out_dir: str = "results/text-prompt"  # results.json, results.md, plots
+    run_dir: str | None = None  # feature cache, log.jsonl, heads.pt; None = runs/<basename of out_dir>
+    label: str = ""  # name of this run in tables ("" = text-prompt (frozen backbone, history as text))
+    ks: str = "1,5,10"  # cut-offs of Recall@K (NDCG is reported at the largest)
+    # prompts and features
+    max_events: int = 50  # newest history events rendered into the prompt (the encoder's window)
+    max_prompt_tokens: int = 1024  # chat-prompt cap; the oldest events are dropped until it fits
+    cuts_per_user: int = 4  # training prompts per user: evenly spaced cuts of the train timeline
+    batch_size: int = 4  # histories per backbone forward pass (each with its K task prompts)
+    # heads (trained on the cached features)
+    epochs: int = 30  # passes over the training features; the best validation loss per head is kept
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay on matrices
+    seed: int = 1337  # seeds python, numpy, torch and the batch order
+    threads: int = 0  # torch CPU threads (0 = torch's default); 1 on a shared machine
+    progress: bool = True  # tqdm progress bars
 
-def _convert(name: str, raw: str, annotation: Any) -> Any:
-    """Parse `raw` as the field type (bool, int, float, str, Literal, Optional of those)."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if raw.lower() in ("none", "null", "") and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        return _convert(name, raw, options[0]) if len(options) == 1 else raw
-    if origin is Literal:
-        if raw not in args:
-            raise ConfigError(f"--{name} must be one of {', '.join(map(str, args))}; got {raw!r}")
-        return raw
-    if annotation is bool:
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"--{name} expects a boolean (true/false), got {raw!r}")
-    if annotation is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"--{name} expects an integer, got {raw!r}") from None
-    if annotation is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"--{name} expects a number, got {raw!r}") from None
-    if annotation is str:
-        return raw
-    raise ConfigError(f"--{name}: unsupported field type {annotation!r}")
+    def __post_init__(self) -> None:
+        for name in ("max_events", "cuts_per_user", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens < 32:
+            raise ConfigError(f"max_prompt_tokens must be >= 32 (room for the instruction), got "
+                              f"{self.max_prompt_tokens}")  # fmt: skip
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_users < 0 or self.threads < 0:
+            raise ConfigError("need lr > 0, weight_decay >= 0, max_users >= 0 and threads >= 0")
+        _ = self.k_list
 
+    @property
+    def k_list(self) -> tuple[int, ...]:
+        return EvalConfig(ks=self.ks).k_list  # the same parsing and checks as evaluation
 
-def parse_overrides(cls: type[C], argv: Sequence[str]) -> dict[str, Any]:
-    """`["--steps=10", "--resume"]` -> {"steps": 10, "resume": True}, checked against `cls`'s fields.
+    @property
+    def resolved_run_dir(self) -> str:
+        return self.run_dir or f"runs/{self.out_dir.rstrip('/').split('/')[-1] or 'text-prompt'}"
 
-    Raises:
-        ConfigError: an argument not of the form --key=value, an unknown key (with a suggestion),
-            a value of the wrong type, or a bare --key for a non-boolean field.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    out: dict[str, Any] = {}
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise ConfigError(f"expected --key=value, got {arg!r}")
-        key, sep, raw = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean --{close[0]}?)" if close else ""
-            raise ConfigError(f"unknown option --{key}{hint}")
-        if not sep:
-            if hints[key] is not bool:
-                raise ConfigError(f"--{key} needs a value: --{key}=...")
-            raw = "true"
-        out[key] = _convert(key, raw, hints[key])
-    return out
-
-
-def apply_overrides(config: C, argv: Sequence[str]) -> C:
-    """A copy of `config` with the `--key=value` overrides applied (validated by __post_init__)."""
-    try:
-        return dataclasses.replace(config, **parse_overrides(type(config), argv))  # type: ignore[type-var]
-    except TypeError as exc:  # pragma: no cover - parse_overrides already checks the names
-        raise ConfigError(str(exc)) from exc
+    @classmethod
+    def tiny(cls, **overrides: Any) -> TextPromptConfig:
+        """A seconds-long CPU configuration for tests (a tiny backbone with >= 256 positions)."""
+        base: dict[str, Any] = dict(
+            max_users=12, max_prompt_tokens=200, epochs=3, batch_size=4, progress=False
+        )
+        return cls(**(base | overrides))
 
 
 # --- seeding and schedule ---

@@ -61,14 +61,16 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table(results: Sequence[dict[str, Any]], anchors: Sequence[dict[str, Any]] = ()) -> str:
-    """One row per model: Recall@K and NDCG@K per protocol, genre accuracy, ROUGE-L."""
+    """One row per model: Recall@K and NDCG@K per protocol, genre accuracy, ROUGE-L, and the mean prompt
+    length in tokens when a row reports one (the text-prompt baseline)."""
     if not results:
         return "(no results)"
     ranked = [r for r in results if "next_item" in r]
     keys = list(ranked[0]["next_item"]["all_items"]) if ranked else []
+    tokens = any(r.get("prompt_tokens") is not None for r in results)
     header = (
         ["model"] + [f"{k} ({p})" for p in ("all", "excl. hist.") for k in keys] + ["genre acc", "ROUGE-L"]
-    )
+    ) + (["prompt tokens"] if tokens else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in [*results, *anchors]:
         ni = row.get("next_item", row)
@@ -77,6 +79,8 @@ def markdown_table(results: Sequence[dict[str, Any]], anchors: Sequence[dict[str
             cells += [_cell(ni.get(protocol, {}).get(k)) for k in keys]
         cells.append(_cell((row.get("favourite_category") or {}).get("accuracy")))
         cells.append(_cell((row.get("review") or {}).get("rougeL")))
+        if tokens:
+            cells.append(_cell(None if row.get("prompt_tokens") is None else f"{row['prompt_tokens']:.0f}"))
         lines.append("| " + " | ".join(cells) + " |")
     if ranked:
         users, unknown = ranked[0]["next_item"]["users"], ranked[0]["next_item"]["unknown_targets"]

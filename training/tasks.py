@@ -56,7 +56,7 @@ def build_config(
     *, encoder: UserEncoderConfig, corpus: Corpus, mode: str, strategy: str, num_user_tokens: int,
     every_n: int, backbone: str, head_user_skip: bool = False, use_perceiver: bool = True,
     cross_attn_layers: tuple[int, ...] = (), encoder_heads: bool = False, head_center: bool = False,
-    perceiver_recency: bool = False,
+    perceiver_recency: bool = False, last_event_token: bool = False,
 ) -> UserLLMConfig:  # fmt: skip
     """UserLLMConfig around a pretrained encoder: Perceiver width = encoder width; `encoder_heads`:
     factorised heads as wide as the encoder (initialised from its next-event heads by fine-tuning)."""
@@ -66,7 +66,10 @@ def build_config(
         recency_positions=encoder.window if perceiver_recency else 0,
     )  # fmt: skip
     tower = UserTowerConfig(
-        encoder=encoder, perceiver=perceiver, append_last_event=head_user_skip, use_perceiver=use_perceiver
+        encoder=encoder,
+        perceiver=perceiver,
+        append_last_event=head_user_skip or last_event_token,
+        use_perceiver=use_perceiver,
     )
     llm = LLMAdapterConfig(
         mode=mode, dim_user=tower.dim_user, cross_attn_every_n_layers=every_n, heads=8, dim_head=64,

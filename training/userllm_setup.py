@@ -149,6 +149,7 @@ def build_model(
         backbone=Path(backbone_dir).name, head_user_skip=cfg.head_user_skip, use_perceiver=cfg.use_perceiver,
         cross_attn_layers=cfg.cross_attn_layer_ids, encoder_heads=cfg.encoder_heads,
         head_center=cfg.head_center, perceiver_recency=cfg.perceiver_recency,
+        last_event_token=cfg.last_event_token,
     )  # fmt: skip
     model = PersonalizedLM(config, backbone)
     for head in (model.item_head, model.category_head):
