@@ -20,6 +20,14 @@ _INSTRUCTIONS = {
 }
 
 
+def nouns(dataset: str) -> tuple[str, str]:
+    """(item noun, category noun) of a data set's instructions (training writes them into the checkpoint's
+    task.json, from which the service reads them)."""
+    if dataset.startswith("movielens"):
+        return "movie", "genre"
+    return ("place", "category") if dataset.startswith("google") else ("product", "category")
+
+
 def instruction(
     task: str,
     *,

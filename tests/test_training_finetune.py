@@ -208,3 +208,79 @@ def test_ablation_switches_random_encoder_and_no_perceiver(
         distance[init] = float((ck.state_dict[f"tower.encoder.{key}"] - pretrained[key]).abs().max())
     # one step at lr 3e-4 moves a pretrained weight by about 1e-3; a fresh initialisation is far away
     assert distance["pretrained"] < 0.01 < distance["random"], distance
+
+
+def test_encoder_heads_center_and_top_layer_recipe(tiny_backbone: Path, encoder_dir: Path, tmp_path: Path):
+    from models.heads import gather_last_hidden
+    from training.corpus import load_corpus, vocabs_from_dict
+    from training.finetune import build_pools
+    from training.tasks import TaskRunner
+    from training.userllm_setup import build_model, frozen_below_split, init_head_centers
+
+    cfg = FinetuneConfig(
+        encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), max_users=12, steps=2, batch_size=2, warmup=1, eval_interval=2,
+        save_interval=2, log_interval=1, eval_users=4, progress=False, cross_attn_layers="1",
+        encoder_heads=True, head_center=True, perceiver_recency=True, last_event_token=True, gate_init=0.5,
+    )  # fmt: skip
+    encoder_ck = load_checkpoint(cfg.encoder_dir)
+    corpus = load_corpus(cfg.dataset, max_users=12, vocabs=vocabs_from_dict(encoder_ck.extras["vocab"]))
+    model, tokenizer, _ = build_model(cfg, encoder_ck, corpus)
+    assert model.llm.cross_attn_layers == (1,) and frozen_below_split(model)
+    assert model.config.tower.num_user_tokens == 17  # 16 Perceiver tokens + the newest event's state
+    for head, name in ((model.item_head, "item"), (model.category_head, "category")):
+        assert torch.equal(head.proj.weight, encoder_ck.state_dict[f"heads.{name}.weight"])
+        assert float(head.in_proj.weight.detach().abs().max()) == 0.0  # the LLM path starts silent
+    runner = TaskRunner(model, tokenizer, corpus, reuse_lower=True)
+    init_head_centers(runner)
+    ids, mask = runner.fixed_prompt("next_item", 1)
+    bare = model.llm(ids, mask).hidden_states
+    torch.testing.assert_close(model.item_head.center, gather_last_hidden(bare, mask)[0])
+    examples = build_pools(corpus, ["next_item"], 16)["next_item"][:3]
+    with torch.no_grad():
+        reused = runner.scores(examples, "next_item")
+        runner.reuse_lower = False
+        assert torch.equal(reused, runner.scores(examples, "next_item"))
+    assert finetune(cfg)["step"] == 2
+
+
+@pytest.mark.parametrize("user_input", ["text", "none"])
+def test_text_prompt_and_unpersonalised_review_baselines(
+    tiny_backbone: Path, tmp_path: Path, user_input: str
+):
+    from training.corpus import load_corpus, vocabs_from_dict
+    from training.history_text import history_text
+    from training.tasks import TaskRunner
+    from training.userllm_setup import build_model
+
+    data = dict(
+        dataset="amazon-2018", path="tests/fixtures/data/amazon-2018", category="Magazine_Subscriptions"
+    )
+    enc = TrainConfig.tiny(out_dir=str(tmp_path / "enc"), run_dir=str(tmp_path / "enc-run"), steps=1, **data)
+    pretrain(enc)
+    cfg = FinetuneConfig(
+        encoder_dir=enc.out_dir, backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), tasks="review", steps=2, batch_size=2, eval_users=2, strategy="lora",
+        max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, user_input=user_input,
+        text_tokens=200, **data,
+    )  # fmt: skip
+    encoder_ck = load_checkpoint(cfg.encoder_dir)
+    corpus = load_corpus(
+        cfg.dataset, cfg.path, category=cfg.category, vocabs=vocabs_from_dict(encoder_ck.extras["vocab"])
+    )
+    model, tokenizer, _ = build_model(cfg, encoder_ck, corpus)
+    runner = TaskRunner(model, tokenizer, corpus, user_input=user_input, text_tokens=200)
+    ex = next(e for e in corpus.splits.test if len(e.history) >= 2)
+    prompt = tokenizer.decode(runner.review_prompt(ex))
+    newest = history_text(corpus, ex.history[-1:]).splitlines()[-1].split(". ", 1)[1]  # "Title (...): 5/5"
+    assert (newest in prompt) == (user_input == "text")  # the history is in the prompt, or nowhere
+    assert len(runner.review_prompt(ex)) <= 200 and runner.context([ex]) is None
+    assert finetune(cfg)["step"] == 2
+    ck = load_checkpoint(cfg.out_dir)
+    assert any("lora_" in k for k in ck.state_dict)
+    before = encoder_ck.state_dict
+    assert all(torch.equal(ck.state_dict[f"tower.encoder.{k}"], v) for k, v in before.items())  # unused
+    result = evaluate(
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **data)
+    )
+    assert result["review"]["examples"] == 2

@@ -143,6 +143,10 @@ class FinetuneConfig(TrainConfig):
     # next-event item / category output embeddings (copied, then trained); False = fresh Linear(Dl, N)
     head_center: bool = False  # heads read h - (bare backbone's h on the same prompt) (models/heads.py)
     perceiver_recency: bool = False  # Perceiver inputs get a learned embedding of each event's age
+    user_input: Literal["embeddings", "text", "none"] = "embeddings"  # "text": the text-prompt baseline
+    # (history rendered into the prompt, no user tokens); "none": the non-personalised baseline
+    text_events: int = 50  # user_input "text": newest events rendered into the prompt
+    text_tokens: int = 1024  # user_input "text": prompt budget (the oldest events are dropped to fit)
     last_event_token: bool = False  # user_tokens += the encoder's output at the newest event (the LLM
     # cross-attends to it like to the Perceiver tokens; head_user_skip implies it)
     head_bias_prior: bool = False  # init head biases to log label frequencies of the training pool

@@ -124,13 +124,10 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model, tokenizer, backbone_dir = build_model(cfg, encoder_ck, corpus)
     runner = TaskRunner(
-        model,
-        tokenizer,
-        corpus,
-        cfg.max_prompt_tokens,
-        cfg.max_review_tokens,
-        reuse_lower=frozen_below_split(model),
-    )
+        model, tokenizer, corpus, cfg.max_prompt_tokens, cfg.max_review_tokens,
+        reuse_lower=frozen_below_split(model), user_input=cfg.user_input, text_events=cfg.text_events,
+        text_tokens=cfg.text_tokens,
+    )  # fmt: skip
     window = model.config.tower.encoder.window
     pools = build_pools(corpus, cfg.task_list, window)
     if not cfg.resume:
@@ -210,7 +207,11 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
 
     model, tokenizer = load_userllm(ck)
     train_cfg = ck.manifest.get("train_config") or {}  # same prompt cut as in training
-    runner = TaskRunner(model, tokenizer, corpus, train_cfg.get("max_prompt_tokens", 48), reuse_lower=True)
+    runner = TaskRunner(
+        model, tokenizer, corpus, train_cfg.get("max_prompt_tokens", 48), reuse_lower=True,
+        user_input=train_cfg.get("user_input", "embeddings"), text_events=train_cfg.get("text_events", 50),
+        text_tokens=train_cfg.get("text_tokens", 1024),
+    )  # fmt: skip
     tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
     cats = corpus.vocabs["category"]
     result: dict[str, Any] = {

@@ -26,15 +26,17 @@ from models.generation import SamplingParams, generate, left_pad
 from models.lower_layers import lower_states, split_layer
 from models.perceiver import PerceiverConfig
 from models.personalized import PersonalizedLM, UserLLMConfig
-from models.prompts import instruction, prompt_ids
+from models.prompts import instruction, nouns, prompt_ids
 from models.user_encoder import UserEncoderConfig
 from models.user_tower import UserTowerConfig
 from models.userllm import LLMAdapterConfig, UserContext
 from training.corpus import Corpus, encoded
 from training.data import Example, favourite_category, format_rating
+from training.history_text import fit_history
 
 __all__ = ["TaskRunner", "build_config", "default_backbone_dir", "nouns", "training_examples"]
 
+USER_INPUTS = ("embeddings", "text", "none")
 IGNORE = -100  # label of prompt and padding positions in the LM loss
 REVIEW_QUERY = "Write this user's review."  # PPlug's input text x for the review task
 
@@ -43,13 +45,6 @@ def default_backbone_dir() -> str:
     """$USERLLM_BACKBONE_DIR (exported by the Makefile), else the Makefile's default cache folder."""
     cache = os.environ.get("USERLLM_CACHE_DIR", str(Path.home() / ".cache" / "userllm"))
     return os.environ.get("USERLLM_BACKBONE_DIR", str(Path(cache) / "backbones" / "smollm2-135m-instruct"))
-
-
-def nouns(dataset: str) -> tuple[str, str]:
-    """(item noun, category noun) used in the instructions."""
-    if dataset.startswith("movielens"):
-        return "movie", "genre"
-    return ("place", "category") if dataset.startswith("google") else ("product", "category")
 
 
 def build_config(
@@ -102,8 +97,14 @@ class TaskRunner:
     max_review_tokens: int = 48
     reuse_lower: bool = False  # reuse the fixed prompts' states below the first cross-attention layer
     # (models/lower_layers.py); only while those layers are frozen
+    user_input: str = "embeddings"  # how the user reaches the LLM: "embeddings" (user tokens / PPlug),
+    # "text" (the text-prompt baseline: the history rendered into the prompt) or "none" (not at all)
+    text_events: int = 50  # "text": newest events rendered
+    text_tokens: int = 1024  # "text": prompt budget in tokens (the oldest events are dropped to fit)
 
     def __post_init__(self) -> None:
+        if self.user_input not in USER_INPUTS:
+            raise ValueError(f"user_input must be one of {USER_INPUTS}, got {self.user_input!r}")
         self._lower: dict[str, Tensor] = {}
         self._sentence: Any = None
         self._text_cache: dict[str, Tensor] = {}
@@ -126,9 +127,12 @@ class TaskRunner:
 
     # --- inputs ---
 
-    def context(self, examples: Sequence[Example], text: str = "") -> UserContext:
+    def context(self, examples: Sequence[Example], text: str = "") -> UserContext | None:
         """Per-example conditioning: user_tokens of the history, or (mode "pplug") the PPlug prefix of
-        the history items' texts weighted by their similarity to the instruction `text`."""
+        the history items' texts weighted by their similarity to the instruction `text`; None unless
+        `user_input` is "embeddings"."""
+        if self.user_input != "embeddings":
+            return None
         if self.model.config.llm.mode == "pplug":
             return self.pplug_context(examples, text)
         seqs = [encoded(ex.history, self.corpus.vocabs, self.window) for ex in examples]
@@ -182,19 +186,37 @@ class TaskRunner:
                 self._lower[task] = lower_states(self.model.llm, *self.fixed_prompt(task, 1))  # (1, S, Dl)
         return self._lower[task].expand(batch, -1, -1)
 
+    def with_history(self, ex: Example, key: str, **kwargs: Any) -> list[int]:
+        """The prompt of instruction `key` with the history text before it (user_input "text")."""
+        prompts, _ = fit_history(
+            self.tokenizer, self.corpus, ex.history, [(key, {"noun": self.noun, **kwargs})],
+            max_events=self.text_events, max_prompt_tokens=self.text_tokens,
+        )  # fmt: skip
+        return prompts[0]
+
     def review_prompt(self, ex: Example) -> list[int]:
         item = self.corpus.catalogue.get(ex.target.item) or {}
         title = item.get("title") or ex.target.item
         rating = format_rating(ex.target.rating) or ""
+        if self.user_input == "text":
+            return self.with_history(ex, "review", title=title, rating=rating)
         return prompt_ids(self.tokenizer, instruction("review", noun=self.noun, title=title, rating=rating))
 
     # --- losses ---
 
     def scores(self, examples: Sequence[Example], task: str) -> Tensor:
         """(B, I) next-item or (B, C) category logits (pad / unknown ids get -inf)."""
-        ids, mask = self.fixed_prompt(task, len(examples))
-        lower = self.lower(task, len(examples)) if self.reuse_lower else None
-        items, categories = self.model.score(ids, mask, self.context(examples, self.texts[task]), lower)
+        if self.user_input == "text":  # one prompt per user: left-padded, the whole LLM runs
+            key = "next_item" if task == "next_item" else "genre"
+            prompts = [self.with_history(ex, key, category=self.category_noun) for ex in examples]
+            ids, mask = (
+                t.to(self.device) for t in left_pad(prompts, pad_token_id=self.tokenizer.pad_token_id)
+            )
+            items, categories = self.model.score(ids, mask, None)
+        else:
+            ids, mask = self.fixed_prompt(task, len(examples))
+            lower = self.lower(task, len(examples)) if self.reuse_lower else None
+            items, categories = self.model.score(ids, mask, self.context(examples, self.texts[task]), lower)
         logits = (items if task == "next_item" else categories).float()
         logits[:, :2] = -torch.inf
         return logits

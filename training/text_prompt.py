@@ -33,11 +33,12 @@ from tqdm import tqdm
 from models.backbone import backbone_id, load_backbone
 from models.generation import left_pad
 from models.heads import CategoryHead, NextItemHead
-from models.prompts import instruction, prompt_ids
+from models.prompts import instruction
 from training.config import TextPromptConfig, seed_everything
 from training.corpus import Corpus, load_corpus, vocabs_from_dict
-from training.data import Event, Example, favourite_category, format_rating
+from training.data import Event, Example, favourite_category
 from training.evaluate import command_line, evaluate_genre, evaluate_next_item, load_encoder, write_results
+from training.history_text import fit_history, history_text
 from training.metrics import ranking_metrics, target_ranks
 from training.run import RunLog, configure_optimizer
 from training.tasks import default_backbone_dir, nouns
@@ -53,41 +54,16 @@ CHUNK = 256  # examples per feature-cache file (a rerun recomputes only the miss
 # --- rendering ---
 
 
-def history_text(corpus: Corpus, events: Sequence[Event]) -> str:
-    """The numbered history block, oldest first, that `instruction(..., history=)` puts before the task:
-    "1. Title (Genre, Genre): 4/5" lines (the item id when the title is unknown, no rating part without)."""
-    noun, lines = nouns(corpus.dataset.name)[0], []
-    if not events:
-        return f"This user has no {noun} history yet."
-    for i, event in enumerate(events, 1):
-        item = corpus.dataset.items.get(event.item)
-        title = (corpus.catalogue.get(event.item) or {}).get("title") or (item and item.title) or event.item
-        categories, rating = ", ".join(event.categories), format_rating(event.rating)
-        rated = f": {rating.removesuffix('.0')}/5" if rating else ""
-        lines.append(f"{i}. {title}" + (f" ({categories})" if categories else "") + rated)
-    verb = "rated" if any(e.rating is not None for e in events) else "chose"
-    return "\n".join([f"{noun.capitalize()}s this user {verb}, oldest first:", *lines])
-
-
 def render_prompts(
     tokenizer: Any, corpus: Corpus, history: Sequence[Event], *, max_events: int, max_prompt_tokens: int
 ) -> tuple[list[list[int]], int]:
-    """Chat-prompt ids of every task in TASKS for one history, and how many events they show: the newest
-    `max_events`, minus the oldest ones until every prompt has <= `max_prompt_tokens` tokens."""
+    """Chat-prompt ids of every task in TASKS for one history, and how many events they show
+    (training/history_text.py `fit_history`)."""
     noun, category = nouns(corpus.dataset.name)
-    events = list(history)[-max_events:]
-
-    @functools.cache
-    def prompts(k: int) -> tuple[list[int], ...]:  # showing the newest k events
-        text = history_text(corpus, events[len(events) - k :])
-        return tuple(prompt_ids(tokenizer, instruction(key, noun=noun, category=category, history=text))
-                     for key in TASKS.values())  # fmt: skip
-
-    lo, hi = 0, len(events)  # binary search for the most events that fit (0 if even none does)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if max(map(len, prompts(mid))) <= max_prompt_tokens else (lo, mid - 1)
-    return list(prompts(lo)), lo
+    tasks = [(key, {"noun": noun, "category": category}) for key in TASKS.values()]
+    return fit_history(
+        tokenizer, corpus, history, tasks, max_events=max_events, max_prompt_tokens=max_prompt_tokens
+    )
 
 
 def prompt_cuts(corpus: Corpus, cuts_per_user: int) -> list[Example]:
