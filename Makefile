@@ -38,9 +38,10 @@ run: install backbone
 demo: install
 	$(BIN)/python scripts/demo.py
 
-# Demo checkpoints on the vendored ml-latest-small (~8 min on 2 CPU cores, progress bars shown):
-# a small user encoder, then USER-LLM (gated cross-attention, strategy proj: LLM and encoder frozen)
-# on next-item + genre, with the heads' skip from the last-event user token (see docs/results.md).
+# Demo checkpoints on the vendored ml-latest-small (~8 min on 2 CPU cores, progress bars shown): a small
+# user encoder, then USER-LLM: Perceiver (16 user tokens + the newest event's state) and gated
+# cross-attention in the backbone's last 4 layers (the 26 layers below run once per fixed prompt), the
+# LLM frozen, encoder + adapters + heads trained on next-item and favourite genre (docs/results.md).
 DEMO_ENCODER_DIR ?= $(CHECKPOINT_DIR)/encoder
 DEMO_USERLLM_DIR ?= $(CHECKPOINT_DIR)/userllm
 DEMO_RUNS_DIR ?= runs/demo
@@ -51,9 +52,10 @@ train-demo: install backbone
 		--eval_interval=500 --save_interval=500 --log_interval=100 --eval_users=200 --threads=$(TRAIN_THREADS)
 	nice $(BIN)/python -m training finetune --dataset=movielens-latest --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
-		--mode=cross_attention --strategy=proj --head_user_skip=true --head_lr_mult=0.1 --gate_init=0.1 \
-		--steps=60 --batch_size=8 --warmup=6 --eval_interval=30 --save_interval=30 --log_interval=10 \
-		--eval_users=32 --threads=$(TRAIN_THREADS)
+		--mode=cross_attention --strategy=enc --cross_attn_layers=-4,-3,-2,-1 --encoder_heads --head_center \
+		--perceiver_recency --last_event_token --gate_init=0.5 --new_lr_mult=3 --lr=6e-4 --min_lr=6e-5 \
+		--steps=400 --batch_size=16 --warmup=20 --eval_interval=100 --save_interval=100 --log_interval=20 \
+		--eval_users=200 --threads=$(TRAIN_THREADS)
 
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests

@@ -22,6 +22,7 @@ BENCHMARKS = {  # report name -> module
     "worker": "benchmarks.bench_worker",
     "batching": "benchmarks.bench_batching",
     "prompt_length": "benchmarks.bench_prompt_length",
+    "lower_layers": "benchmarks.bench_lower_layers",
 }
 HEADER = """# Benchmarks
 

@@ -121,8 +121,9 @@ class FinetuneConfig(TrainConfig):
     strategy: Literal["full", "enc", "lora", "proj"] = "enc"  # which parameters train (models/strategies.py)
     tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review
     cross_attn_every_n_layers: int = 6  # gated cross-attention before every n-th decoder layer
-    cross_attn_layers: str = ""  # explicit decoder-layer indices, e.g. "20,23,26,29" (overrides every_n);
-    # the frozen layers below the first one then run once per prompt (models/lower_layers.py)
+    cross_attn_layers: str = ""  # decoder-layer indices, e.g. "20,23,26,29" or "-4,-3,-2,-1" (the last 4;
+    # negative = from the top, like Python indexing); overrides every_n when set
+    # the frozen layers below the first one then run once per fixed prompt (models/lower_layers.py)
     num_user_tokens: int = 16  # Perceiver latents L
     use_perceiver: bool = (
         True  # False: every encoder output is a user token (ablation "all 50"; offline only)

@@ -137,6 +137,14 @@ def split_new_parameters(
 # --- build and reload ---
 
 
+def resolve_layers(layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """Decoder-layer indices with negatives counted from the top (-1 = the last layer), sorted."""
+    resolved = sorted({i + num_layers if i < 0 else i for i in layers})
+    if resolved and not 0 <= resolved[0] <= resolved[-1] < num_layers:
+        raise ValueError(f"cross_attn_layers {layers} out of range for a backbone of {num_layers} layers")
+    return tuple(resolved)
+
+
 def build_model(
     cfg: FinetuneConfig, encoder_ck: Checkpoint, corpus: Corpus
 ) -> tuple[PersonalizedLM, Any, str]:
@@ -147,7 +155,8 @@ def build_model(
         encoder=UserEncoderConfig(**encoder_ck.config["encoder"]), corpus=corpus, mode=cfg.mode,
         strategy=cfg.strategy, num_user_tokens=cfg.num_user_tokens, every_n=cfg.cross_attn_every_n_layers,
         backbone=Path(backbone_dir).name, head_user_skip=cfg.head_user_skip, use_perceiver=cfg.use_perceiver,
-        cross_attn_layers=cfg.cross_attn_layer_ids, encoder_heads=cfg.encoder_heads,
+        cross_attn_layers=resolve_layers(cfg.cross_attn_layer_ids, backbone.config.num_hidden_layers),
+        encoder_heads=cfg.encoder_heads,
         head_center=cfg.head_center, perceiver_recency=cfg.perceiver_recency,
         last_event_token=cfg.last_event_token,
     )  # fmt: skip
