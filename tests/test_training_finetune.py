@@ -222,6 +222,7 @@ def test_encoder_heads_center_and_top_layer_recipe(tiny_backbone: Path, encoder_
         run_dir=str(tmp_path / "run"), max_users=12, steps=2, batch_size=2, warmup=1, eval_interval=2,
         save_interval=2, log_interval=1, eval_users=4, progress=False, cross_attn_layers="1",
         encoder_heads=True, head_center=True, perceiver_recency=True, last_event_token=True, gate_init=0.5,
+        distill=0.5,
     )  # fmt: skip
     encoder_ck = load_checkpoint(cfg.encoder_dir)
     corpus = load_corpus(cfg.dataset, max_users=12, vocabs=vocabs_from_dict(encoder_ck.extras["vocab"]))

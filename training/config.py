@@ -121,17 +121,13 @@ class FinetuneConfig(TrainConfig):
     strategy: Literal["full", "enc", "lora", "proj"] = "enc"  # which parameters train (models/strategies.py)
     tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review
     cross_attn_every_n_layers: int = 6  # gated cross-attention before every n-th decoder layer
-    cross_attn_layers: str = ""  # decoder-layer indices, e.g. "20,23,26,29" or "-4,-3,-2,-1" (the last 4;
-    # negative = from the top, like Python indexing); overrides every_n when set
-    # the frozen layers below the first one then run once per fixed prompt (models/lower_layers.py)
+    cross_attn_layers: str = ""  # layer indices overriding every_n, e.g. "-4,-3,-2,-1" (negative: from the
+    # top); the frozen layers below the first one then run once per fixed prompt (models/lower_layers.py)
     num_user_tokens: int = 16  # Perceiver latents L
-    use_perceiver: bool = (
-        True  # False: every encoder output is a user token (ablation "all 50"; offline only)
-    )
+    use_perceiver: bool = True  # False: every encoder output is a user token (ablation "all 50"; offline)
     encoder_init: Literal["pretrained", "random"] = "pretrained"  # "random": ablation without pretraining
     max_prompt_tokens: int = 48  # instruction prompt length cap (tokens)
     max_review_tokens: int = 48  # review target length cap (tokens)
-    gen_tokens: int = 32  # tokens generated per review at evaluation
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"  # backbone weights dtype during training
     # initialisation and learning rates of the freshly added parts (defaults = the original recipe)
     new_lr_mult: float = 1.0  # LR multiplier for the Perceiver and the LLM adapters (encoder: lr)
@@ -148,8 +144,9 @@ class FinetuneConfig(TrainConfig):
     # (history rendered into the prompt, no user tokens); "none": the non-personalised baseline
     text_events: int = 50  # user_input "text": newest events rendered into the prompt
     text_tokens: int = 1024  # user_input "text": prompt budget (the oldest events are dropped to fit)
-    last_event_token: bool = False  # user_tokens += the encoder's output at the newest event (the LLM
-    # cross-attends to it like to the Perceiver tokens; head_user_skip implies it)
+    last_event_token: bool = False  # user_tokens += the encoder's state at the newest event (cross-attended)
+    distill: float = 0.0  # a: next-item loss = (1 - a) CE + a KL(pretrained encoder || model) (distill.py)
+    distill_temperature: float = 1.0  # temperature T of the distillation term
     head_bias_prior: bool = False  # init head biases to log label frequencies of the training pool
     # (the model starts at most-popular / majority genre instead of learning it first; False = zeros)
     out_dir: str = "checkpoints/userllm"  # USER-LLM checkpoint directory
@@ -166,6 +163,8 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:
+            raise ConfigError("distill must be in [0, 1] and distill_temperature > 0")
         if self.new_lr_mult <= 0 or self.head_lr_mult <= 0 or self.head_init_std < 0:
             raise ConfigError("new_lr_mult and head_lr_mult must be > 0, head_init_std >= 0")
         try:

@@ -31,6 +31,7 @@ from models.personalized import PersonalizedLM
 from training.config import EvalConfig, FinetuneConfig, get_lr, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
+from training.distill import EncoderTeacher
 from training.metrics import ranking_metrics, rouge, target_ranks
 from training.pretrain import batch_order
 from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
@@ -126,7 +127,8 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     runner = TaskRunner(
         model, tokenizer, corpus, cfg.max_prompt_tokens, cfg.max_review_tokens,
         reuse_lower=frozen_below_split(model), user_input=cfg.user_input, text_events=cfg.text_events,
-        text_tokens=cfg.text_tokens,
+        text_tokens=cfg.text_tokens, distill=cfg.distill, distill_temperature=cfg.distill_temperature,
+        teacher=EncoderTeacher(model.tower.encoder, corpus) if cfg.distill > 0 else None,
     )  # fmt: skip
     window = model.config.tower.encoder.window
     pools = build_pools(corpus, cfg.task_list, window)

@@ -32,6 +32,7 @@ from models.user_tower import UserTowerConfig
 from models.userllm import LLMAdapterConfig, UserContext
 from training.corpus import Corpus, encoded
 from training.data import Example, favourite_category, format_rating
+from training.distill import EncoderTeacher, distillation_loss
 from training.history_text import fit_history
 
 __all__ = ["TaskRunner", "build_config", "default_backbone_dir", "nouns", "training_examples"]
@@ -101,6 +102,11 @@ class TaskRunner:
     # "text" (the text-prompt baseline: the history rendered into the prompt) or "none" (not at all)
     text_events: int = 50  # "text": newest events rendered
     text_tokens: int = 1024  # "text": prompt budget in tokens (the oldest events are dropped to fit)
+    teacher: EncoderTeacher | None = (
+        None  # next-item distillation from the sequence model (training/distill.py)
+    )
+    distill: float = 0.0  # weight a of the distillation term (0 = plain cross-entropy)
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.user_input not in USER_INPUTS:
@@ -237,7 +243,13 @@ class TaskRunner:
         logits = self.scores(examples, task).clamp(min=-1e4)  # finite at pad / unknown
         if bool((labels == IGNORE).all()):
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        if task == "next_item" and self.teacher is not None and self.distill > 0:
+            soft = distillation_loss(
+                logits, self.teacher.logits(examples, self.device), temperature=self.distill_temperature
+            )
+            loss = (1 - self.distill) * loss + self.distill * soft
+        return loss
 
     def review_loss(self, examples: Sequence[Example]) -> Tensor:
         """LM loss on the review tokens only (prompt positions ignored), left-padded batch."""
