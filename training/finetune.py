@@ -60,7 +60,7 @@ def validate(runner: TaskRunner, examples: Sequence[Example], tasks: Sequence[st
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         for task in tasks:
-            losses[task].append(float(runner.loss(chunk, task)) * len(chunk))
+            losses[task].append(float(runner.loss(chunk, task, distill=False)) * len(chunk))
         if "next_item" in tasks:
             ranks.append(target_ranks(runner.scores(chunk, "next_item"), runner.labels(chunk, "next_item")))
         if "favourite_category" in tasks:

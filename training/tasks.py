@@ -234,8 +234,9 @@ class TaskRunner:
             ids = [self.corpus.vocabs["category"].encode(favourite_category(ex.history)) for ex in examples]
         return torch.tensor(ids, device=self.device)
 
-    def loss(self, examples: Sequence[Example], task: str) -> Tensor:
-        """Mean cross-entropy of one task over the batch (unknown labels ignored)."""
+    def loss(self, examples: Sequence[Example], task: str, *, distill: bool = True) -> Tensor:
+        """Mean cross-entropy of one task over the batch (unknown labels ignored), mixed with the
+        distillation term when a teacher is set and `distill` (validation reports plain CE)."""
         if task == "review":
             return self.review_loss(examples)
         labels = self.labels(examples, task)
@@ -244,7 +245,7 @@ class TaskRunner:
         if bool((labels == IGNORE).all()):
             return logits.sum() * 0.0
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
-        if task == "next_item" and self.teacher is not None and self.distill > 0:
+        if distill and task == "next_item" and self.teacher is not None and self.distill > 0:
             soft = distillation_loss(
                 logits, self.teacher.logits(examples, self.device), temperature=self.distill_temperature
             )
