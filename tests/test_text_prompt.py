@@ -182,6 +182,8 @@ def test_text_prompt_writes_results_and_reuses_the_feature_cache(
     again = tp.main(cfg)
     assert len(calls) == first
     assert again["next_item"] == result["next_item"] and again["prompt_tokens"] == result["prompt_tokens"]
+    distilled = tp.main(tp_config(encoder_dir, tiny_backbone, tmp_path, distill=0.5))  # cached features too
+    assert len(calls) == first and distilled["text_prompt_config"]["distill"] == 0.5
     # a different rendering setting is a different key: recomputed
     tp.main(tp_config(encoder_dir, tiny_backbone, tmp_path, max_events=5))
     assert len(calls) > first

@@ -147,8 +147,7 @@ class FinetuneConfig(TrainConfig):
     last_event_token: bool = False  # user_tokens += the encoder's state at the newest event (cross-attended)
     distill: float = 0.0  # a: next-item loss = (1 - a) CE + a KL(pretrained encoder || model) (distill.py)
     distill_temperature: float = 1.0  # temperature T of the distillation term
-    head_bias_prior: bool = False  # init head biases to log label frequencies of the training pool
-    # (the model starts at most-popular / majority genre instead of learning it first; False = zeros)
+    head_bias_prior: bool = False  # head biases := log label frequencies (step 0 = most-popular / majority)
     out_dir: str = "checkpoints/userllm"  # USER-LLM checkpoint directory
     steps: int = 300
     batch_size: int = 16
@@ -240,6 +239,7 @@ class TextPromptConfig:
     batch_size: int = 4  # histories per backbone forward pass (each with its K task prompts)
     # heads (trained on the cached features)
     epochs: int = 30  # passes over the training features; the best validation loss per head is kept
+    distill: float = 0.0  # next-item distillation weight from the pretrained encoder, as finetune --distill
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.01  # AdamW weight decay on matrices
     seed: int = 1337  # seeds python, numpy, torch and the batch order
@@ -251,10 +251,13 @@ class TextPromptConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_prompt_tokens < 32:
-            raise ConfigError(f"max_prompt_tokens must be >= 32 (room for the instruction), got "
-                              f"{self.max_prompt_tokens}")  # fmt: skip
+            raise ConfigError(
+                f"max_prompt_tokens must be >= 32 (the instruction), got {self.max_prompt_tokens}"
+            )
         if self.lr <= 0 or self.weight_decay < 0 or self.max_users < 0 or self.threads < 0:
             raise ConfigError("need lr > 0, weight_decay >= 0, max_users >= 0 and threads >= 0")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"distill must be in [0, 1], got {self.distill}")
         _ = self.k_list
 
     @property

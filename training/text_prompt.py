@@ -37,6 +37,7 @@ from models.prompts import instruction
 from training.config import TextPromptConfig, seed_everything
 from training.corpus import Corpus, load_corpus, vocabs_from_dict
 from training.data import Event, Example, favourite_category
+from training.distill import EncoderTeacher, distillation_loss
 from training.evaluate import command_line, evaluate_genre, evaluate_next_item, load_encoder, write_results
 from training.history_text import fit_history, history_text
 from training.metrics import ranking_metrics, target_ranks
@@ -201,9 +202,19 @@ def task_loss(head: nn.Module, features: Tensor, label: Tensor) -> Tensor:
 
 
 def fit_heads(heads: nn.ModuleDict, train: tuple[Tensor, dict], valid: tuple[Tensor, dict],
-              cfg: TextPromptConfig) -> dict[str, int]:  # fmt: skip
-    """AdamW on the cached features; each head keeps the epoch of its best validation loss (returned)."""
+              cfg: TextPromptConfig, teacher: Tensor | None = None) -> dict[str, int]:  # fmt: skip
+    """AdamW on the cached features; each head keeps the epoch of its best validation loss (returned).
+    `teacher` (N, I): the encoder's next-item logits of the training examples, distilled with weight
+    `cfg.distill` as in USER-LLM fine-tuning (training/distill.py); validation is plain cross-entropy."""
     (x, y), (xv, yv) = train, valid
+
+    def train_loss(task: str, k: int, rows: Tensor) -> Tensor:
+        loss = task_loss(heads[task], x[rows, k], y[task][rows])
+        if task == "next_item" and teacher is not None and cfg.distill > 0:
+            soft = distillation_loss(scores(heads[task], x[rows, k]), teacher[rows])
+            loss = (1 - cfg.distill) * loss + cfg.distill * soft
+        return loss
+
     optimizer = configure_optimizer(heads, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=0.99)
     log = RunLog(cfg.resolved_run_dir, start=0, total=cfg.epochs, progress=cfg.progress, resume=False)
     log.note(f"text-prompt heads: {len(x):,} training / {len(xv):,} validation examples, {cfg.epochs} epochs")
@@ -211,7 +222,7 @@ def fit_heads(heads: nn.ModuleDict, train: tuple[Tensor, dict], valid: tuple[Ten
     for epoch in range(1, cfg.epochs + 1):
         order, total = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + epoch)), 0.0
         for rows in order.split(HEAD_BATCH):
-            loss = sum(task_loss(heads[t], x[rows, k], y[t][rows]) for k, t in enumerate(TASKS))
+            loss = sum(train_loss(t, k, rows) for k, t in enumerate(TASKS))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -249,7 +260,14 @@ def main(cfg: TextPromptConfig) -> dict[str, Any]:
                                  get_backbone=get_backbone) for name, exs in examples.items()}  # fmt: skip
     heads = build_heads(encoder, corpus, data["train"]["features"])
     train, valid = ((data[s]["features"], labels(corpus, examples[s])) for s in ("train", "valid"))
-    best_epochs = fit_heads(heads, train, valid, cfg)
+    teacher = None
+    if cfg.distill > 0:  # the same teacher as USER-LLM's --distill: the pretrained encoder
+        teach, cpu = EncoderTeacher(encoder, corpus), torch.device("cpu")
+        train_examples = examples["train"]
+        teacher = torch.cat(
+            [teach.logits(train_examples[i : i + 256], cpu) for i in range(0, len(train_examples), 256)]
+        )
+    best_epochs = fit_heads(heads, train, valid, cfg, teacher)
     torch.save(heads.state_dict(), Path(cfg.resolved_run_dir) / "heads.pt")
     test, features = examples["test"], data["test"]["features"]
     row = {id(ex): i for i, ex in enumerate(test)}
