@@ -251,9 +251,7 @@ class TextPromptConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_prompt_tokens < 32:
-            raise ConfigError(
-                f"max_prompt_tokens must be >= 32 (the instruction), got {self.max_prompt_tokens}"
-            )
+            raise ConfigError(f"max_prompt_tokens must be >= 32, got {self.max_prompt_tokens}")
         if self.lr <= 0 or self.weight_decay < 0 or self.max_users < 0 or self.threads < 0:
             raise ConfigError("need lr > 0, weight_decay >= 0, max_users >= 0 and threads >= 0")
         if not 0.0 <= self.distill <= 1.0:
