@@ -1,9 +1,8 @@
 """Training configuration: one frozen dataclass per job, `--key=value` overrides, seeding, LR schedule.
 
-All knobs sit at the top of a dataclass with a comment each (nanoGPT `train.py` spirit); command-line
-overrides `--key=value` are parsed and type-checked against the dataclass fields instead of nanoGPT's
-`exec(open('configurator.py').read())`. `get_lr` is nanoGPT's linear warmup + cosine decay to `min_lr`;
-`seed_everything` mirrors litgpt / Lightning `seed_everything` (python, numpy, torch).
+All knobs sit at the top of a dataclass with a comment each (nanoGPT `train.py` spirit); `--key=value`
+overrides are type-checked against the fields (training/overrides.py). `get_lr` is nanoGPT's linear
+warmup + cosine decay to `min_lr`; `seed_everything` mirrors litgpt's (python, numpy, torch).
 
 References: nanoGPT `train.py` / `configurator.py`; litgpt `args.py`, `finetune/full.py`.
 """
@@ -199,6 +198,7 @@ class EvalConfig:
     batch_size: int = 128  # users per forward pass
     ks: str = "1,5,10"  # cut-offs of Recall@K (NDCG is reported at the largest)
     label: str = ""  # name of this run in tables (default: derived from the checkpoint)
+    group: str = ""  # table of the report this row goes to ("" = the data set's main table, e.g. "ablations")
     max_review_examples: int = 64  # users whose review is generated for ROUGE (review task only)
     seed: int = 1337  # seeds sampling and subsets
 

@@ -178,10 +178,11 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         from training.finetune import evaluate_userllm
 
         result = evaluate_userllm(cfg, ck, corpus, examples)
+        result["finetune_config"] = ck.manifest.get("train_config")  # results.py prints its command
     result.update(
         dataset=corpus.dataset.name, split=cfg.split, checkpoint=str(cfg.checkpoint),
         model_version=ck.model_version, data_sha256=corpus.data_sha256, eval_config=asdict(cfg),
-        command=command_line(),
+        command=command_line(), group=cfg.group,
     )  # fmt: skip
     write_results([result], cfg.out_dir)
     return result

@@ -161,17 +161,17 @@ def plot_log(log_path: str | Path, out_path: str | Path, title: str) -> Path:
 # --- report ---
 
 
-def pretrain_command(train_config: dict[str, Any]) -> str:
-    """The `pretrain-encoder` command line of a resolved TrainConfig (non-default fields only)."""
-    from training.config import TrainConfig
+def pretrain_command(train_config: dict[str, Any], command: str = "pretrain-encoder") -> str:
+    """The `pretrain-encoder` (or `finetune`) command line of a resolved config (non-default fields only)."""
+    from training.config import FinetuneConfig, TrainConfig
 
-    default = TrainConfig()
+    default = FinetuneConfig() if command == "finetune" else TrainConfig()
     args = [
         f"--{key}={value}"
         for key, value in train_config.items()
         if key not in ("resume", "progress") and getattr(default, key, value) != value
     ]
-    return " ".join(["python -m training pretrain-encoder", *args])
+    return " ".join([f"python -m training {command}", *args])
 
 
 def _collect(inputs: str) -> list[Path]:
@@ -189,7 +189,8 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for file in files:
         for row in json.loads(file.read_text()):
-            rows = by_dataset.setdefault(row["dataset"], [])
+            section = row["dataset"] + (f": {row['group']}" if row.get("group") else "")
+            rows = by_dataset.setdefault(section, [])
             if all(r["model"] != row["model"] for r in rows):  # e.g. most-popular from two baseline runs
                 rows.append(row)
     plots = Path(cfg.plots_dir)
@@ -198,12 +199,14 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
         lines += [Path(cfg.notes).read_text(encoding="utf-8").strip(), ""]
     for dataset, rows in by_dataset.items():
         lines += [f"## {dataset}", "", markdown_table(rows, ANCHORS.get(dataset, ())), ""]
-        plot = plot_results(rows, plots, f"{dataset}-next_item.png")
+        plot = plot_results(rows, plots, f"{dataset.replace(': ', '-').replace(' ', '-')}-next_item.png")
         if plot is not None:
             lines += [f"![{dataset} next-item]({os.path.relpath(plot, Path(cfg.out).parent)})", ""]
         lines += ["Commands:", "", "```"]
         lines += sorted({row["command"] for row in rows if row.get("command")})
         lines += sorted({pretrain_command(row["train_config"]) for row in rows if row.get("train_config")})
+        lines += sorted({pretrain_command(row["finetune_config"], "finetune") for row in rows
+                         if row.get("finetune_config")})  # fmt: skip
         lines += ["```", ""]
     curves = [p.strip() for p in cfg.logs.split(",") if p.strip()]
     if curves:
