@@ -11,7 +11,8 @@ from training.results import ResultsConfig, main
 def _row(model: str, group: str = "", **extra) -> dict:
     metrics = {"recall@10": 0.1, "ndcg@10": 0.05}
     return {
-        "model": model, "dataset": "movielens-100k", "group": group, "command": f"python -m training evaluate --label={model}",
+        "model": model, "dataset": "movielens-100k", "group": group,
+        "command": f"python -m training evaluate --label={model}",
         "next_item": {"users": 3, "unknown_targets": 0, "all_items": metrics, "exclude_history": metrics},
         **extra,
     }  # fmt: skip
