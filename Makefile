@@ -41,7 +41,8 @@ demo: install
 # Demo checkpoints on the vendored ml-latest-small (~8 min on 2 CPU cores, progress bars shown): a small
 # user encoder, then USER-LLM: Perceiver (16 user tokens + the newest event's state) and gated
 # cross-attention in the backbone's last 4 layers (the 26 layers below run once per fixed prompt), the
-# LLM frozen, encoder + adapters + heads trained on next-item and favourite genre (docs/results.md).
+# LLM frozen, encoder + adapters + heads trained on next-item (distilled from the encoder) and favourite
+# genre (docs/results.md).
 DEMO_ENCODER_DIR ?= $(CHECKPOINT_DIR)/encoder
 DEMO_USERLLM_DIR ?= $(CHECKPOINT_DIR)/userllm
 DEMO_RUNS_DIR ?= runs/demo
@@ -53,7 +54,7 @@ train-demo: install backbone
 	nice $(BIN)/python -m training finetune --dataset=movielens-latest --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
 		--mode=cross_attention --strategy=enc --cross_attn_layers=-4,-3,-2,-1 --encoder_heads --head_center \
-		--perceiver_recency --last_event_token --gate_init=0.5 --new_lr_mult=3 --lr=6e-4 --min_lr=6e-5 \
+		--perceiver_recency --last_event_token --gate_init=0.5 --new_lr_mult=3 --distill=0.5 --lr=6e-4 --min_lr=6e-5 \
 		--steps=400 --batch_size=16 --warmup=20 --eval_interval=100 --save_interval=100 --log_interval=20 \
 		--eval_users=200 --threads=$(TRAIN_THREADS)
 

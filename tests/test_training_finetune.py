@@ -153,7 +153,11 @@ def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path:
     result = evaluate(
         EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **data)
     )
-    assert set(result["review"]) == {"rouge1", "rougeL", "examples"} and result["review"]["examples"] == 2
+    assert (
+        set(result["review"]) == {"rouge1", "rougeL", "examples", "samples"}
+        and result["review"]["examples"] == 2
+    )
+    assert {"generated", "reference"} <= set(result["review"]["samples"][0])
     assert "next_item" not in result
 
 

@@ -237,5 +237,8 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
         random.Random(cfg.seed).shuffle(with_text)
         chosen = with_text[: cfg.max_review_examples]
         preds = [p for i in range(0, len(chosen), 8) for p in runner.generate_reviews(chosen[i : i + 8], 48)]
-        result["review"] = {**rouge(preds, [ex.target.text or "" for ex in chosen]), "examples": len(chosen)}
+        refs = [ex.target.text or "" for ex in chosen]
+        samples = [{"user": ex.user, "item": ex.target.item, "generated": p, "reference": r}
+                   for ex, p, r in zip(chosen[:5], preds, refs, strict=False)]  # fmt: skip
+        result["review"] = {**rouge(preds, refs), "examples": len(chosen), "samples": samples}
     return result
