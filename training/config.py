@@ -130,8 +130,7 @@ class FinetuneConfig(TrainConfig):
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"  # backbone weights dtype during training
     # initialisation and learning rates of the freshly added parts (defaults = the original recipe)
     new_lr_mult: float = 1.0  # LR multiplier for the Perceiver and the LLM adapters (encoder: lr)
-    head_lr_mult: float = 1.0  # LR multiplier for the next-item / category heads (Adam moves every
-    # logit by ~lr * |h|_1 per step, |h| = the LLM hidden width, so heads want a low LR)
+    head_lr_mult: float = 1.0  # LR multiplier for the heads (Adam moves a logit by ~lr * |h|_1 per step)
     head_init_std: float = 0.0  # head weights ~ N(0, std); 0 = zeros (uniform scores at step 0)
     gate_init: float = 0.0  # initial value of the cross-attention tanh gates (0 = identity at start)
     head_user_skip: bool = False  # heads also read the last-event token (skip connection; not in the paper)
@@ -139,8 +138,8 @@ class FinetuneConfig(TrainConfig):
     # next-event item / category output embeddings (copied, then trained); False = fresh Linear(Dl, N)
     head_center: bool = False  # heads read h - (bare backbone's h on the same prompt) (models/heads.py)
     perceiver_recency: bool = False  # Perceiver inputs get a learned embedding of each event's age
-    user_input: Literal["embeddings", "text", "none"] = "embeddings"  # "text": the text-prompt baseline
-    # (history rendered into the prompt, no user tokens); "none": the non-personalised baseline
+    user_input: Literal["embeddings", "text", "none"] = "embeddings"  # "text": history in the prompt (the
+    # text-prompt baseline, no user tokens); "none": the non-personalised baseline
     text_events: int = 50  # user_input "text": newest events rendered into the prompt
     text_tokens: int = 1024  # user_input "text": prompt budget (the oldest events are dropped to fit)
     last_event_token: bool = False  # user_tokens += the encoder's state at the newest event (cross-attended)
@@ -237,6 +236,7 @@ class TextPromptConfig:
     max_prompt_tokens: int = 1024  # chat-prompt cap; the oldest events are dropped until it fits
     cuts_per_user: int = 4  # training prompts per user: evenly spaced cuts of the train timeline
     batch_size: int = 4  # histories per backbone forward pass (each with its K task prompts)
+    backbone_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: ~3x faster on CPUs with AMX
     # heads (trained on the cached features)
     epochs: int = 30  # passes over the training features; the best validation loss per head is kept
     distill: float = 0.0  # next-item distillation weight from the pretrained encoder, as finetune --distill

@@ -130,6 +130,7 @@ def split_features(
     texts = [instruction(k, noun=noun, category=category, history="{history}") for k in TASKS.values()]
     texts += [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]  # tokenizer, chat template, config
     settings = [backbone_id(backbone_dir), corpus.data_sha256, name, cfg.max_events, cfg.max_prompt_tokens]
+    settings += [cfg.backbone_dtype] if cfg.backbone_dtype != "float32" else []  # float32 keys unchanged
     head = json.dumps(settings + texts)
     run_dir, parts = Path(cfg.resolved_run_dir), []
     bar = tqdm(total=len(examples), disable=not cfg.progress, unit="example", desc=f"features ({name})")
@@ -253,7 +254,8 @@ def main(cfg: TextPromptConfig) -> dict[str, Any]:
                          vocabs=vocabs_from_dict(vocab))  # fmt: skip
     seed_everything(cfg.seed)
     backbone_dir = cfg.backbone_dir or default_backbone_dir()
-    get_backbone = functools.cache(lambda: load_backbone(backbone_dir))  # loaded on a cache miss only
+    dtype = getattr(torch, cfg.backbone_dtype)
+    get_backbone = functools.cache(lambda: load_backbone(backbone_dir, dtype=dtype))  # on a cache miss only
     examples = {"train": prompt_cuts(corpus, cfg.cuts_per_user), "valid": corpus.examples("valid"),
                 "test": corpus.examples("test")}  # fmt: skip
     data = {name: split_features(name, exs, corpus=corpus, cfg=cfg, backbone_dir=backbone_dir,
