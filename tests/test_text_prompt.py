@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 from llm_fixtures import real_backbone_dir  # noqa: F401
+from training_fixtures import pretrain_tiny_encoder, write_tiny_backbone
 from transformers import AutoTokenizer
 
 import training.text_prompt as tp
 from models.backbone import load_backbone, tiny_llama
 from models.prompts import instruction, prompt_ids
 from training.cli import main as cli
-from training.config import ConfigError, TextPromptConfig, TrainConfig, apply_overrides
+from training.config import ConfigError, TextPromptConfig, apply_overrides
 from training.corpus import Corpus, build_catalogue
 from training.data import Dataset, Event, Item, build_vocabs, leave_last_out
-from training.pretrain import main as pretrain
 
 pytestmark = pytest.mark.backbone
 
@@ -58,19 +58,12 @@ def tokenizer(real_backbone_dir: Path):  # noqa: F811
 @pytest.fixture(scope="module")
 def tiny_backbone(real_backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """A tiny random Llama saved with the real tokenizer (max 512 positions)."""
-    folder = tmp_path_factory.mktemp("tp-backbone")
-    tok = AutoTokenizer.from_pretrained(real_backbone_dir, local_files_only=True)
-    torch.manual_seed(0)
-    tiny_llama(vocab_size=len(tok), num_layers=2, max_position_embeddings=512).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return write_tiny_backbone(tmp_path_factory.mktemp("tp-backbone"), real_backbone_dir, max_positions=512)
 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tp-encoder")
-    pretrain(TrainConfig.tiny(out_dir=str(root / "encoder"), run_dir=str(root / "run"), steps=2))
-    return root / "encoder"
+    return pretrain_tiny_encoder(tmp_path_factory.mktemp("tp-encoder"))
 
 
 def tp_config(encoder_dir: Path, backbone: Path, root: Path, **overrides) -> TextPromptConfig:

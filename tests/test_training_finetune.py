@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_fixtures import AMAZON, pretrain_tiny_encoder, write_tiny_backbone
 
-from models.backbone import backbone_id, tiny_llama
+from models.backbone import backbone_id
 from models.checkpoint import load_checkpoint, load_state_strict
 from models.user_tower import UserTower, UserTowerConfig
-from training.config import EvalConfig, FinetuneConfig, TrainConfig
+from training.config import EvalConfig, FinetuneConfig
 from training.evaluate import main as evaluate
 from training.finetune import main as finetune
-from training.pretrain import main as pretrain
 from training.tasks import default_backbone_dir
 
 pytestmark = pytest.mark.backbone
@@ -30,24 +30,15 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer
-
     real = Path(default_backbone_dir())
     if not (real / "tokenizer_config.json").is_file():
         pytest.skip(f"backbone folder {real} not prepared (make backbone)")
-    folder = tmp_path_factory.mktemp("tiny-backbone")
-    tokenizer = AutoTokenizer.from_pretrained(real, local_files_only=True)
-    torch.manual_seed(0)
-    tiny_llama(vocab_size=len(tokenizer), num_layers=2, max_position_embeddings=256).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"), real)
 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ft-encoder")
-    pretrain(TrainConfig.tiny(out_dir=str(root / "encoder"), run_dir=str(root / "run"), steps=2))
-    return root / "encoder"
+    return pretrain_tiny_encoder(tmp_path_factory.mktemp("ft-encoder"))
 
 
 def test_finetune_writes_a_userllm_checkpoint_and_resumes(
@@ -138,13 +129,10 @@ def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, t
 
 
 def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path: Path):
-    data = dict(
-        dataset="amazon-2018", path="tests/fixtures/data/amazon-2018", category="Magazine_Subscriptions"
-    )
-    enc = TrainConfig.tiny(out_dir=str(tmp_path / "enc"), run_dir=str(tmp_path / "enc-run"), steps=1, **data)
-    pretrain(enc)
+    data = AMAZON
+    encoder = pretrain_tiny_encoder(tmp_path / "enc", steps=1, **data)
     cfg = FinetuneConfig(
-        encoder_dir=enc.out_dir, backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        encoder_dir=str(encoder), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
         run_dir=str(tmp_path / "run"), tasks="review", steps=2, batch_size=2, eval_users=2,
         max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, **data,
     )  # fmt: skip
@@ -258,13 +246,10 @@ def test_text_prompt_and_unpersonalised_review_baselines(
     from training.tasks import TaskRunner
     from training.userllm_setup import build_model
 
-    data = dict(
-        dataset="amazon-2018", path="tests/fixtures/data/amazon-2018", category="Magazine_Subscriptions"
-    )
-    enc = TrainConfig.tiny(out_dir=str(tmp_path / "enc"), run_dir=str(tmp_path / "enc-run"), steps=1, **data)
-    pretrain(enc)
+    data = AMAZON
+    encoder = pretrain_tiny_encoder(tmp_path / "enc", steps=1, **data)
     cfg = FinetuneConfig(
-        encoder_dir=enc.out_dir, backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        encoder_dir=str(encoder), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
         run_dir=str(tmp_path / "run"), tasks="review", steps=2, batch_size=2, eval_users=2, strategy="lora",
         max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, user_input=user_input,
         text_tokens=200, **data,

@@ -1,0 +1,34 @@
+"""Builders shared by the training tests: a tiny random Llama saved with the real SmolLM2 tokenizer
+(its chat template), and tiny pretrained encoders on the vendored ml-latest-small or the Amazon fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.backbone import tiny_llama
+from training.config import TrainConfig
+from training.pretrain import main as pretrain
+
+AMAZON = dict(
+    dataset="amazon-2018", path="tests/fixtures/data/amazon-2018", category="Magazine_Subscriptions"
+)
+
+
+def write_tiny_backbone(folder: Path, tokenizer_dir: Path, *, max_positions: int = 256) -> Path:
+    """A seeded 2-layer Llama with the real tokenizer's vocabulary, saved with that tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=len(tokenizer), num_layers=2, max_position_embeddings=max_positions)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def pretrain_tiny_encoder(root: Path, *, steps: int = 2, **data: str) -> Path:
+    """A tiny encoder checkpoint at root/encoder (ml-latest-small, 12 users, unless `data` says otherwise)."""
+    pretrain(TrainConfig.tiny(out_dir=str(root / "encoder"), run_dir=str(root / "run"), steps=steps, **data))
+    return root / "encoder"
