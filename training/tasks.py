@@ -102,9 +102,7 @@ class TaskRunner:
     # "text" (the text-prompt baseline: the history rendered into the prompt) or "none" (not at all)
     text_events: int = 50  # "text": newest events rendered
     text_tokens: int = 1024  # "text": prompt budget in tokens (the oldest events are dropped to fit)
-    teacher: EncoderTeacher | None = (
-        None  # next-item distillation from the sequence model (training/distill.py)
-    )
+    teacher: EncoderTeacher | None = None  # next-item distillation from the sequence model (distill.py)
     distill: float = 0.0  # weight a of the distillation term (0 = plain cross-entropy)
     distill_temperature: float = 1.0
 
