@@ -53,7 +53,9 @@ def test_one_prompt_state_serves_a_batch_of_users() -> None:
     ctx = llm.prepare_user_context(user_tokens(4))
     expected = llm(ids.expand(4, -1), user_context=ctx).hidden_states
     got = forward_from_lower(llm, lower_states(llm, ids).expand(4, -1, -1), None, ctx)
-    assert_close(got, expected, rtol=0, atol=0)
+    # the lower layers ran on 1 row instead of 4: CPU matmul kernels may block (and so round) a 7-row and a
+    # 28-row product differently, by about 1e-6; same-shape reuse is exact (the test above)
+    assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert (got[0] - got[1]).abs().max() > 1e-4  # the users still differ
 
 
@@ -81,8 +83,8 @@ def test_personalized_score_with_and_without_lower_states() -> None:
     lower = lower_states(model.llm, ids[:1], am[:1]).expand(2, -1, -1)
     items2, cats2 = model.score(ids, am, ctx, lower)
     assert items.shape == (2, 20) and cats.shape == (2, 6)
-    assert_close(items2, items, rtol=0, atol=0)
-    assert_close(cats2, cats, rtol=0, atol=0)
+    assert_close(items2, items, rtol=1e-5, atol=1e-5)  # 1-row vs 2-row lower layers: rounding only
+    assert_close(cats2, cats, rtol=1e-5, atol=1e-5)
 
 
 def test_factorised_centred_head_scores_the_bias_at_its_center() -> None:

@@ -233,7 +233,8 @@ def test_encoder_heads_center_and_top_layer_recipe(tiny_backbone: Path, encoder_
     with torch.no_grad():
         reused = runner.scores(examples, "next_item")
         runner.reuse_lower = False
-        assert torch.equal(reused, runner.scores(examples, "next_item"))
+        # the reused lower states come from one row expanded to the batch: equal up to matmul rounding
+        torch.testing.assert_close(reused, runner.scores(examples, "next_item"), rtol=1e-5, atol=1e-5)
     assert finetune(cfg)["step"] == 2
 
 
