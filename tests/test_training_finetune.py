@@ -129,17 +129,16 @@ def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, t
 
 
 def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path: Path):
-    data = AMAZON
-    encoder = pretrain_tiny_encoder(tmp_path / "enc", steps=1, **data)
+    encoder = pretrain_tiny_encoder(tmp_path / "enc", steps=1, **AMAZON)
     cfg = FinetuneConfig(
         encoder_dir=str(encoder), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
         run_dir=str(tmp_path / "run"), tasks="review", steps=2, batch_size=2, eval_users=2,
-        max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, **data,
+        max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, **AMAZON,
     )  # fmt: skip
     summary = finetune(cfg)
     assert summary["step"] == 2 and "val_review" in summary["last"]
     result = evaluate(
-        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **data)
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **AMAZON)
     )
     assert (
         set(result["review"]) == {"rouge1", "rougeL", "examples", "samples"}
@@ -247,13 +246,12 @@ def test_text_prompt_and_unpersonalised_review_baselines(
     from training.tasks import TaskRunner
     from training.userllm_setup import build_model
 
-    data = AMAZON
-    encoder = pretrain_tiny_encoder(tmp_path / "enc", steps=1, **data)
+    encoder = pretrain_tiny_encoder(tmp_path / "enc", steps=1, **AMAZON)
     cfg = FinetuneConfig(
         encoder_dir=str(encoder), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
         run_dir=str(tmp_path / "run"), tasks="review", steps=2, batch_size=2, eval_users=2, strategy="lora",
         max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, user_input=user_input,
-        text_tokens=200, **data,
+        text_tokens=200, **AMAZON,
     )  # fmt: skip
     encoder_ck = load_checkpoint(cfg.encoder_dir)
     corpus = load_corpus(
@@ -272,6 +270,6 @@ def test_text_prompt_and_unpersonalised_review_baselines(
     before = encoder_ck.state_dict
     assert all(torch.equal(ck.state_dict[f"tower.encoder.{k}"], v) for k, v in before.items())  # unused
     result = evaluate(
-        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **data)
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **AMAZON)
     )
     assert result["review"]["examples"] == 2

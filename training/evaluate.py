@@ -38,6 +38,7 @@ from training.metrics import accuracy, ranking_metrics, seen_mask, target_ranks
 __all__ = [
     "PROTOCOLS",
     "Scorer",
+    "encoder_from_checkpoint",
     "encoder_scorers",
     "evaluate_genre",
     "evaluate_next_item",
@@ -92,14 +93,19 @@ def evaluate_genre(predict: Callable[[Sequence[Example]], list[str | None]], exa
 # --- the pretrained encoder as a scorer (the sequence-only baseline) ---
 
 
+def encoder_from_checkpoint(ck: Any, where: str | Path = "") -> UserEncoder:
+    """An already loaded encoder Checkpoint -> the model in eval mode (strict weights)."""
+    if ck.manifest["kind"] != "encoder":
+        raise ValueError(f"{where}: expected an encoder checkpoint, got kind {ck.manifest['kind']!r}")
+    encoder = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
+    load_state_strict(encoder, ck.state_dict)
+    return encoder.eval()
+
+
 def load_encoder(directory: str | Path) -> tuple[UserEncoder, dict[str, Any], Any]:
     """Encoder checkpoint -> (model in eval mode, vocab dict, Checkpoint)."""
     ck = load_checkpoint(directory)
-    if ck.manifest["kind"] != "encoder":
-        raise ValueError(f"{directory}: expected an encoder checkpoint, got kind {ck.manifest['kind']!r}")
-    encoder = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
-    load_state_strict(encoder, ck.state_dict)
-    return encoder.eval(), ck.extras["vocab"], ck
+    return encoder_from_checkpoint(ck, directory), ck.extras["vocab"], ck
 
 
 def encoder_scorers(encoder: UserEncoder, corpus: Corpus) -> tuple[Scorer, Callable]:

@@ -32,7 +32,7 @@ from training.config import EvalConfig, FinetuneConfig, get_lr, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
 from training.distill import EncoderTeacher
-from training.evaluate import load_encoder
+from training.evaluate import encoder_from_checkpoint
 from training.metrics import ranking_metrics, rouge, target_ranks
 from training.pretrain import batch_order
 from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
@@ -125,11 +125,15 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model, tokenizer, backbone_dir = build_model(cfg, encoder_ck, corpus)
+    # the distillation teacher is the pretrained encoder as loaded (the tower's copy trains, or is random)
+    teacher = None
+    if cfg.distill > 0:
+        teacher = EncoderTeacher(encoder_from_checkpoint(encoder_ck, cfg.encoder_dir), corpus)
     runner = TaskRunner(
         model, tokenizer, corpus, cfg.max_prompt_tokens, cfg.max_review_tokens,
         reuse_lower=frozen_below_split(model), user_input=cfg.user_input, text_events=cfg.text_events,
         text_tokens=cfg.text_tokens, distill=cfg.distill, distill_temperature=cfg.distill_temperature,
-        teacher=EncoderTeacher(load_encoder(cfg.encoder_dir)[0], corpus) if cfg.distill > 0 else None,
+        teacher=teacher,
     )  # fmt: skip
     window = model.config.tower.encoder.window
     pools = build_pools(corpus, cfg.task_list, window)
