@@ -35,3 +35,25 @@ def test_groups_get_their_own_tables_and_commands(tmp_path: Path) -> None:
     assert "| an ablation |" in ablation_part
     assert "python -m training finetune --steps=1200 --distill=0.5 --dataset=movielens-100k" in main_part
     assert (tmp_path / "plots" / "movielens-100k-ablations-next_item.png").is_file()
+
+
+def test_a_previous_report_is_an_input_and_rows_re_run_first_replace_its_rows(tmp_path: Path) -> None:
+    old = tmp_path / "report.json"
+    old.write_text(json.dumps({
+        "movielens-100k": [_row("kept model"), _row("re-run model", extra_note="old")],
+        "movielens-100k: ablations": [_row("old ablation", "ablations")],
+    }))  # fmt: skip
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "results.json").write_text(json.dumps([_row("re-run model", extra_note="new")]))
+    plot = tmp_path / "plots" / "earlier-run-loss.png"
+    plot.parent.mkdir()
+    plot.write_bytes(b"\x89PNG")
+    out = tmp_path / "report.md"
+    cfg = ResultsConfig(inputs=f"{tmp_path / 'new'},{old}", out=str(out), json_out=str(old),
+                        plots_dir=str(tmp_path / "plots"), logs=str(plot))  # fmt: skip
+    main(cfg)
+    merged = json.loads(old.read_text())
+    assert [r["model"] for r in merged["movielens-100k"]] == ["re-run model", "kept model"]
+    assert merged["movielens-100k"][0]["extra_note"] == "new"
+    assert [r["model"] for r in merged["movielens-100k: ablations"]] == ["old ablation"]
+    assert "![earlier-run](plots/earlier-run-loss.png)" in out.read_text()

@@ -44,13 +44,14 @@ under each table's commands."""
 class ResultsConfig:
     """Inputs and outputs of the report."""
 
-    inputs: str = "results"  # comma-separated results.json files or directories (searched recursively)
+    inputs: str = "results"  # comma-separated results.json files or directories (searched recursively), or
+    # a previous report's JSON (--json_out): its rows are kept unless an earlier input has the same model
     out: str = "docs/results.md"  # markdown report
     json_out: str = "docs/results.json"  # all results in one JSON list
     plots_dir: str = "docs/plots"  # PNG plots
     title: str = "Offline results"  # heading of the report
     notes: str = ""  # optional markdown file inserted after the protocol paragraph
-    logs: str = ""  # comma-separated run log.jsonl files to plot as training curves
+    logs: str = ""  # comma-separated run log.jsonl files to plot as training curves (or earlier curve PNGs)
 
 
 # --- tables ---
@@ -182,13 +183,19 @@ def _collect(inputs: str) -> list[Path]:
     return paths
 
 
+def _rows(file: Path) -> list[dict[str, Any]]:
+    """The rows of a results.json (a list) or of a previous report's JSON (section -> rows)."""
+    data = json.loads(file.read_text())
+    return [row for rows in data.values() for row in rows] if isinstance(data, dict) else data
+
+
 def main(cfg: ResultsConfig) -> dict[str, Any]:
     files = _collect(cfg.inputs)
     if not files:
         raise FileNotFoundError(f"no results.json under {cfg.inputs}")
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for file in files:
-        for row in json.loads(file.read_text()):
+        for row in _rows(file):
             section = row["dataset"] + (f": {row['group']}" if row.get("group") else "")
             rows = by_dataset.setdefault(section, [])
             if all(r["model"] != row["model"] for r in rows):  # e.g. most-popular from two baseline runs
@@ -212,8 +219,13 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
     if curves:
         lines += ["## Training curves", ""]
     for log in curves:
-        name = Path(log).parent.name
-        plot = plot_log(log, plots / f"{name}-loss.png", name)
+        if log.endswith(".png"):  # a curve plotted by an earlier report (its run log is not kept)
+            plot, name = Path(log), Path(log).stem.removesuffix("-loss")
+            if not plot.is_file():
+                raise FileNotFoundError(f"--logs: no plot {plot}")
+        else:
+            name = Path(log).parent.name
+            plot = plot_log(log, plots / f"{name}-loss.png", name)
         lines += [f"![{name}]({os.path.relpath(plot, Path(cfg.out).parent)})", ""]
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text("\n".join(lines), encoding="utf-8")
