@@ -38,7 +38,7 @@ run: install backbone
 demo: install
 	$(BIN)/python scripts/demo.py
 
-# Demo checkpoints on the vendored ml-latest-small (~8 min on 2 CPU cores, progress bars shown): a small
+# Demo checkpoints on the vendored ml-latest-small (about 10 min on 1 CPU core, progress bars shown): a small
 # user encoder, then USER-LLM: Perceiver (16 user tokens + the newest event's state) and gated
 # cross-attention in the backbone's last 4 layers (the 26 layers below run once per fixed prompt), the
 # LLM frozen, encoder + adapters + heads trained on next-item (distilled from the encoder) and favourite
@@ -49,13 +49,13 @@ DEMO_RUNS_DIR ?= runs/demo
 TRAIN_THREADS ?= 2
 train-demo: install backbone
 	nice $(BIN)/python -m training pretrain-encoder --dataset=movielens-latest --out_dir=$(DEMO_ENCODER_DIR) \
-		--run_dir=$(DEMO_RUNS_DIR)/encoder --d_model=64 --n_layers=2 --batch_size=32 --steps=600 --warmup=50 \
-		--eval_interval=300 --save_interval=300 --log_interval=100 --eval_users=200 --threads=$(TRAIN_THREADS)
+		--run_dir=$(DEMO_RUNS_DIR)/encoder --d_model=64 --n_layers=2 --batch_size=32 --steps=1200 --warmup=50 \
+		--eval_interval=400 --save_interval=400 --log_interval=100 --eval_users=200 --threads=$(TRAIN_THREADS)
 	nice $(BIN)/python -m training finetune --dataset=movielens-latest --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
 		--mode=cross_attention --strategy=enc --cross_attn_layers=-4,-3,-2,-1 --encoder_heads --head_center \
 		--perceiver_recency --last_event_token --max_prompt_tokens=16 --gate_init=0.5 --new_lr_mult=3 --distill=0.5 --lr=6e-4 --min_lr=6e-5 \
-		--steps=250 --batch_size=16 --warmup=20 --eval_interval=125 --save_interval=125 --log_interval=25 \
+		--steps=500 --batch_size=16 --warmup=20 --eval_interval=250 --save_interval=250 --log_interval=50 \
 		--eval_users=200 --threads=$(TRAIN_THREADS)
 
 lint: install
