@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
-from training.baselines import majority_genre, most_popular_scores, run_baselines
+import pytest
+from training_fixtures import pretrain_tiny_encoder
+
+from training.baselines import main, majority_genre, most_popular_scores, run_baselines
+from training.config import EvalConfig
 from training.corpus import Corpus, build_catalogue
 from training.data import Dataset, Event, Item, build_vocabs, leave_last_out
 
@@ -56,3 +61,14 @@ def test_majority_genre_baseline() -> None:
     (popular,) = run_baselines(corpus, corpus.splits.test, ks=(1,))
     # favourite genre of the test histories: u1 Drama, u2 Drama (2 vs 1), u3 Drama (tie -> most recent)
     assert popular["favourite_category"] == {"accuracy": pytest.approx(1.0), "users": 3}
+
+
+def test_baseline_rows_carry_the_group_and_label(tmp_path: Path) -> None:
+    encoder = pretrain_tiny_encoder(tmp_path)
+    cfg = EvalConfig(checkpoint=str(encoder), out_dir=str(tmp_path / "out"), max_users=12,
+                     group="a subset", label="tiny encoder")  # fmt: skip
+    main(cfg)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["most-popular (train counts)", "tiny encoder"]
+    assert [r["group"] for r in rows] == ["a subset", "a subset"]
+    assert all(r["next_item"]["users"] == 12 for r in rows)

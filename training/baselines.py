@@ -101,7 +101,7 @@ def main(cfg: EvalConfig) -> list[dict[str, Any]]:
         result.update(
             dataset=corpus.dataset.name, split=cfg.split, checkpoint=str(cfg.checkpoint),
             model_version=ck.model_version, data_sha256=corpus.data_sha256, eval_config=asdict(cfg),
-            command=command_line(), train_config=ck.manifest.get("train_config"),
+            command=command_line(), train_config=ck.manifest.get("train_config"), group=cfg.group,
         )  # fmt: skip
     write_results(results, cfg.out_dir)
     return results
