@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,7 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
         lines += [Path(cfg.notes).read_text(encoding="utf-8").strip(), ""]
     for dataset, rows in by_dataset.items():
         lines += [f"## {dataset}", "", markdown_table(rows, ANCHORS.get(dataset, ())), ""]
-        plot = plot_results(rows, plots, f"{dataset.replace(': ', '-').replace(' ', '-')}-next_item.png")
+        plot = plot_results(rows, plots, f"{re.sub(r'[^A-Za-z0-9_.]+', '-', dataset)}-next_item.png")
         if plot is not None:
             lines += [f"![{dataset} next-item]({os.path.relpath(plot, Path(cfg.out).parent)})", ""]
         lines += ["Commands:", "", "```"]
