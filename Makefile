@@ -38,7 +38,7 @@ run: install backbone
 demo: install
 	$(BIN)/python scripts/demo.py
 
-# Demo checkpoints on the vendored ml-latest-small (about 10 min on 1 CPU core, progress bars shown): a small
+# Demo checkpoints on the vendored ml-latest-small (7 min on 2 idle CPU cores, progress bars shown): a small
 # user encoder, then USER-LLM: Perceiver (16 user tokens + the newest event's state) and gated
 # cross-attention in the backbone's last 4 layers (the 26 layers below run once per fixed prompt), the
 # LLM frozen, encoder + adapters + heads trained on next-item (distilled from the encoder) and favourite
