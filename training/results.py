@@ -48,7 +48,7 @@ class ResultsConfig:
     inputs: str = "results"  # comma-separated results.json files or directories (searched recursively), or
     # a previous report's JSON (--json_out): its rows are kept unless an earlier input has the same model
     out: str = "docs/results.md"  # markdown report
-    json_out: str = "docs/results.json"  # all results in one JSON list
+    json_out: str = "docs/results.json"  # all results in one JSON file (section -> rows)
     plots_dir: str = "docs/plots"  # PNG plots
     title: str = "Offline results"  # heading of the report
     notes: str = ""  # optional markdown file inserted after the protocol paragraph
