@@ -38,25 +38,22 @@ run: install backbone
 demo: install
 	$(BIN)/python scripts/demo.py
 
-# Demo checkpoints on the vendored ml-latest-small (7 min on 2 idle CPU cores, progress bars shown): a small
-# user encoder, then USER-LLM: Perceiver (16 user tokens + the newest event's state) and gated
-# cross-attention in the backbone's last 4 layers (the 26 layers below run once per fixed prompt), the
-# LLM frozen, encoder + adapters + heads trained on next-item (distilled from the encoder) and favourite
-# genre (docs/results.md).
+# Demo checkpoints on the vendored ml-latest-small (progress bars shown): a small user encoder, then the
+# multi-task USER-LLM of the recipe "demo" (training/recipes.py): next item, favourite genre, taste and
+# suggestion text, and a KL term that keeps generic text equal to the bare backbone's, all through the
+# same 16 user tokens (+ the newest event's state) and gated cross-attention in the backbone's last 4
+# layers. It ends with `text-check`, which fails (exit 1) when the personalized text degenerates.
 DEMO_ENCODER_DIR ?= $(CHECKPOINT_DIR)/encoder
 DEMO_USERLLM_DIR ?= $(CHECKPOINT_DIR)/userllm
 DEMO_RUNS_DIR ?= runs/demo
 TRAIN_THREADS ?= 2
 train-demo: install backbone
-	nice $(BIN)/python -m training pretrain-encoder --dataset=movielens-latest --out_dir=$(DEMO_ENCODER_DIR) \
-		--run_dir=$(DEMO_RUNS_DIR)/encoder --d_model=64 --n_layers=2 --batch_size=32 --steps=1200 --warmup=50 \
-		--eval_interval=400 --save_interval=400 --log_interval=100 --eval_users=200 --threads=$(TRAIN_THREADS)
-	nice $(BIN)/python -m training finetune --dataset=movielens-latest --encoder_dir=$(DEMO_ENCODER_DIR) \
+	nice $(BIN)/python -m training pretrain-encoder --recipe=demo --out_dir=$(DEMO_ENCODER_DIR) \
+		--run_dir=$(DEMO_RUNS_DIR)/encoder --threads=$(TRAIN_THREADS)
+	nice $(BIN)/python -m training finetune --recipe=demo --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
-		--mode=cross_attention --strategy=enc --cross_attn_layers=-4,-3,-2,-1 --encoder_heads --head_center \
-		--perceiver_recency --last_event_token --max_prompt_tokens=16 --gate_init=0.5 --new_lr_mult=3 --distill=0.5 --lr=6e-4 --min_lr=6e-5 \
-		--steps=500 --batch_size=16 --warmup=20 --eval_interval=250 --save_interval=250 --log_interval=50 \
-		--eval_users=200 --threads=$(TRAIN_THREADS)
+		--threads=$(TRAIN_THREADS)
+	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_USERLLM_DIR) --out_dir=$(DEMO_RUNS_DIR)/text-check
 
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests

@@ -3,7 +3,8 @@
 The user context (cross-attention K/V, or the soft-prompt / PPlug prefix) is computed once per call and
 reused at every step; the prompts are left-padded so every row's next token sits at the last position.
 Greedy when `temperature == 0`, else temperature + top-p (nucleus) sampling with a per-request
-`torch.Generator` seeded by `seed`, so a request samples the same tokens whatever batch it is in.
+`torch.Generator` seeded by `seed`, so a request samples the same tokens whatever batch it is in. An
+optional repetition penalty (CTRL) lowers the logits of tokens already in the prompt or the output.
 
 References: nanoGPT `GPT.generate`; HF `GenerationMixin` (left padding, positions from the mask,
 `TopPLogitsWarper`); Holtzman et al. 2020 (nucleus sampling); vLLM `SamplingParams` (per-request seed).
@@ -21,7 +22,15 @@ from torch import Tensor
 
 from models.userllm import UserContext, UserLLM
 
-__all__ = ["SamplingParams", "generate", "left_pad", "sample_next", "stream_generate"]
+__all__ = [
+    "SERVED_REPETITION_PENALTY",
+    "SamplingParams",
+    "generate",
+    "left_pad",
+    "penalize_repetition",
+    "sample_next",
+    "stream_generate",
+]
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,12 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy (argmax); > 0 divides the logits
     top_p: float = 1.0  # nucleus mass kept when sampling; 1 = no truncation
     seed: int | None = None  # seeds this request's torch.Generator; None = the global RNG
+    # > 1 lowers the logits of tokens already in the prompt or the output (CTRL; vLLM's semantics)
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.repetition_penalty < 1.0:
+            raise ValueError(f"repetition_penalty must be >= 1, got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -42,7 +55,25 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+SERVED_REPETITION_PENALTY = 1.1  # the service's default (service/schemas.py) and the text evaluation's
+
+
 # --- helpers ---
+
+
+def penalize_repetition(logits: Tensor, seen: Tensor, penalties: Tensor) -> Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019; HF `RepetitionPenaltyLogitsProcessor`, vLLM
+    `repetition_penalty`): the logit of every seen token is divided by the row's penalty when positive,
+    multiplied when negative.
+
+    Args:
+        logits: (B, V) next-token logits.
+        seen: (B, V) bool, tokens of the row's prompt and output so far.
+        penalties: (B,) penalties >= 1 (1 = no change).
+    """
+    p = penalties.to(logits.dtype)[:, None]  # (B, 1)
+    penalized = torch.where(logits > 0, logits / p, logits * p)  # (B, V)
+    return torch.where(seen, penalized, logits)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], *, pad_token_id: int) -> tuple[Tensor, Tensor]:
@@ -148,8 +179,19 @@ def stream_generate(
     out = llm(input_ids, mask, user_context=user_context, use_cache=True, logits_to_keep=1)
     counts = [0] * batch
     finished = [p.max_new_tokens == 0 for p in rows]
+    penalties = torch.tensor([p.repetition_penalty for p in rows], device=device)  # (B,)
+    seen = None
+    if bool((penalties > 1).any()):
+        vocab = out.logits.shape[-1]
+        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)  # (B, V)
+        seen.scatter_(1, input_ids.clamp(0, vocab - 1), mask)  # the prompt's real tokens
     while True:
-        tokens = sample_next(out.logits[:, -1], rows, generators).tolist()  # B ints
+        logits = out.logits[:, -1]  # (B, V)
+        if seen is not None:
+            logits = penalize_repetition(logits, seen, penalties)
+        tokens = sample_next(logits, rows, generators).tolist()  # B ints
+        if seen is not None:
+            seen[torch.arange(batch, device=device), torch.tensor(tokens, device=device)] = True
         step: list[int | None] = []
         for i, tok in enumerate(tokens):
             if finished[i] or tok in eos:

@@ -9,8 +9,12 @@ entering it, and `forward_from_lower` runs the remaining layers with the users' 
 blocks placed in the top layers only, most of the backbone then runs once per prompt instead of once
 per user. This is the same idea as prefix caching in vLLM, applied up to a layer instead of a position.
 
-Only for a whole sequence without a KV cache (scoring); soft-prompt / PPlug prefixes change the input
-embeddings, so their split layer is 0 (nothing to reuse).
+`prefix_kv` + `lower_states_after` do the same for texts that share a prefix (a language task's
+chat-formatted instruction): the prefix runs through the lower layers once, each continuation only over
+its own tokens, attending to the prefix's cached keys and values.
+
+Whole sequences without a KV cache of the upper part (scoring, training); soft-prompt / PPlug prefixes
+change the input embeddings, so their split layer is 0 (nothing to reuse).
 
 Shapes: B batch, S text tokens, Dl LLM hidden dim.
 """
@@ -21,11 +25,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from models.userllm import UserContext, UserLLM
 
-__all__ = ["forward_from_lower", "lower_states", "split_layer"]
+__all__ = ["forward_from_lower", "lower_states", "lower_states_after", "prefix_kv", "split_layer"]
 
 
 def split_layer(llm: UserLLM) -> int:
@@ -35,16 +40,23 @@ def split_layer(llm: UserLLM) -> int:
     return llm.cross_attn_layers[0]
 
 
-def _run(llm: UserLLM, hidden: Tensor, mask: Tensor, layers: Any, user_context: UserContext | None) -> Tensor:
-    """hidden (B, S, Dl) through `layers` (no cache), positions = cumsum(mask) - 1 like `UserLLM`."""
+def _run(
+    llm: UserLLM, hidden: Tensor, mask: Tensor, layers: Any, user_context: UserContext | None,
+    cache: DynamicCache | None = None,
+) -> Tensor:  # fmt: skip
+    """hidden (B, S, Dl) through `layers`, positions = cumsum(mask) - 1 like `UserLLM`; `mask` (B, S_past + S)
+    covers the tokens already in `cache` (filled by the layers when given) and the new ones."""
     decoder = llm.backbone.model
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
+    s = hidden.shape[1]
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -s:]  # (B, S)
     causal = create_causal_mask(
-        config=decoder.config, inputs_embeds=hidden, attention_mask=mask, past_key_values=None,
+        config=decoder.config, inputs_embeds=hidden, attention_mask=mask, past_key_values=cache,
         position_ids=position_ids,
     )  # fmt: skip
     rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
-    routed = {"user_context": user_context} if user_context is not None else {}
+    routed: dict[str, Any] = {"user_context": user_context} if user_context is not None else {}
+    if cache is not None:
+        routed |= {"past_key_values": cache, "use_cache": True}
     for layer in layers:
         hidden = layer(hidden, attention_mask=causal, position_embeddings=rotary, position_ids=position_ids,
                        **routed)  # fmt: skip
@@ -64,6 +76,48 @@ def lower_states(llm: UserLLM, input_ids: Tensor, attention_mask: Tensor | None 
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     hidden = llm.backbone.model.embed_tokens(input_ids)  # (B, S, Dl)
     return _run(llm, hidden, mask, llm.backbone.model.layers[: split_layer(llm)], None)
+
+
+# --- a shared prefix computed once (e.g. the chat-formatted instruction of a language task) ---
+
+
+@torch.no_grad()
+def prefix_kv(llm: UserLLM, prefix_ids: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """The lower layers on a (1, P) prefix: its (1, P, Dl) states and each lower layer's (k, v).
+
+    The (k, v) pairs, each (1, Hk, P, Dh), let `lower_states_after` run only the tokens that follow.
+    """
+    decoder = llm.backbone.model
+    cache = DynamicCache()
+    hidden = decoder.embed_tokens(prefix_ids)  # (1, P, Dl)
+    mask = torch.ones_like(prefix_ids, dtype=torch.bool)
+    hidden = _run(llm, hidden, mask, decoder.layers[: split_layer(llm)], None, cache=cache)
+    kv = [(layer.keys, layer.values) for layer in cache.layers[: split_layer(llm)]]
+    return hidden, kv
+
+
+def lower_states_after(
+    llm: UserLLM, kv: list[tuple[Tensor, Tensor]], input_ids: Tensor, attention_mask: Tensor
+) -> Tensor:
+    """Lower states of right-padded continuations of a shared prefix whose `prefix_kv` is given.
+
+    Args:
+        kv: from `prefix_kv` (prefix length P).
+        input_ids: (B, T) tokens after the prefix, right-padded.
+        attention_mask: (B, T), True = real token.
+
+    Returns:
+        (B, T, Dl): equal to `lower_states` of prefix + continuation at the continuation's positions.
+    """
+    decoder = llm.backbone.model
+    b = input_ids.shape[0]
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), i)  # (B, Hk, P, Dh)
+    prefix_len = kv[0][0].shape[2]
+    mask = torch.cat([attention_mask.new_ones(b, prefix_len), attention_mask], dim=1).bool()  # (B, P + T)
+    hidden = decoder.embed_tokens(input_ids)  # (B, T, Dl)
+    return _run(llm, hidden, mask, decoder.layers[: split_layer(llm)], None, cache=cache)
 
 
 def forward_from_lower(

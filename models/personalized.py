@@ -46,6 +46,8 @@ class UserLLMConfig:
     head_dim: int = 0  # > 0: factorised heads through a head_dim output embedding (models/heads.py)
     head_center: bool = False  # heads read h minus the bare backbone's state on the same prompt
     backbone: str = "smollm2-135m-instruct"  # name of the backbone folder this was trained on
+    backbone_dtype: str = "float32"  # dtype the backbone ran in during training (serving loads it so)
+    prompt_tokens: int = 0  # the scoring prompts keep their last N tokens, as in training (0 = all)
 
     def __post_init__(self) -> None:
         if isinstance(self.tower, Mapping):
@@ -60,6 +62,10 @@ class UserLLMConfig:
             )
         if self.head_user_skip and not self.tower.append_last_event:
             raise ValueError("head_user_skip needs tower.append_last_event=True")
+        if self.backbone_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"backbone_dtype: float32, bfloat16 or float16, not {self.backbone_dtype!r}")
+        if self.prompt_tokens < 0:
+            raise ValueError(f"prompt_tokens must be >= 0, got {self.prompt_tokens}")
         if self.head_dim < 0:
             raise ValueError(f"head_dim must be >= 0, got {self.head_dim}")
         if self.num_items < 3 or self.num_categories < 2:

@@ -1,5 +1,6 @@
 """Demo: replay a slice of the vendored ml-latest-small through POST /events and show how one user's
-recommendations, favourite genre and a generated review change as new events arrive.
+recommendations, favourite genre, a generated review and a chat answer change as new events arrive.
+Exits 1 when a generated text loops or is empty (training/text_metrics.py).
 
 Usage (with the stack running, e.g. `make run`):
     .venv/bin/python scripts/demo.py [--url http://127.0.0.1:8000] [--user 414] [--first 15] [--then 25]
@@ -17,28 +18,29 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.data import load_dataset  # noqa: E402
+from training.text_metrics import has_words, loops  # noqa: E402
+
+CHAT_PROMPT = "Suggest a movie for tonight and say why."
 
 
-def show(client: httpx.Client, user: str, review_item: str, titles: dict[str, str], label: str) -> list[str]:
+def show(
+    client: httpx.Client, user: str, review_item: str, titles: dict[str, str], label: str
+) -> tuple[list[str], dict[str, str]]:
+    """Print what the user gets; return the recommended item ids and the generated texts."""
     rec = client.post("/recommend", json={"user_id": user, "k": 5, "exclude_seen": True}).json()
     genre = client.post("/generate", json={"user_id": user, "task": "genre"}).json()
+    common = {"user_id": user, "max_new_tokens": 48, "temperature": 0}
     review = client.post(
-        "/generate",
-        json={
-            "user_id": user,
-            "task": "review",
-            "item_id": review_item,
-            "rating": 4.5,
-            "max_new_tokens": 40,
-            "temperature": 0,
-        },
+        "/generate", json={**common, "task": "review", "item_id": review_item, "rating": 4.5}
     ).json()
+    chat = client.post("/generate", json={**common, "task": "chat", "prompt": CHAT_PROMPT}).json()
     print(f"\n=== {label} (personalized={rec['personalized']}, model_version={rec['model_version']}) ===")
     for item in rec["items"]:
         print(f"  {item['rank']}. {item['title']}  (score {item['score']:.3f})")
     print("  favourite genre: " + ", ".join(f"{g} {p:.0%}" for g, p in genre["genres"]))
     print(f"  review of {titles.get(review_item, review_item)!r}: {review['text'][:300]}")
-    return [i["item_id"] for i in rec["items"]]
+    print(f"  chat {CHAT_PROMPT!r}: {chat['text'][:300]}")
+    return [i["item_id"] for i in rec["items"]], {"review": review["text"], "chat": chat["text"]}
 
 
 def replay(client: httpx.Client, user: str, events: list, expected_total: int) -> None:
@@ -81,13 +83,23 @@ def main() -> int:
     user = f"demo-{args.user}-{int(time.time())}"
     review_item = history[-1].item
     with httpx.Client(base_url=args.url, timeout=120) as client:
-        show(client, user, review_item, titles, "before any event (cold start)")
+        _, cold = show(client, user, review_item, titles, "before any event (cold start)")
         replay(client, user, history[: args.first], args.first)
-        first = show(client, user, review_item, titles, f"after {args.first} events")
+        first, texts_first = show(client, user, review_item, titles, f"after {args.first} events")
         replay(client, user, history[args.first :], len(history))
-        second = show(client, user, review_item, titles, f"after {len(history)} events")
+        second, texts_second = show(client, user, review_item, titles, f"after {len(history)} events")
     changed = len(set(first) ^ set(second)) // 2
     print(f"\n{changed} of 5 recommendations changed after the new events arrived.")
+    answers = {"cold start": cold, f"after {args.first}": texts_first, f"after {len(history)}": texts_second}
+    for kind in ("review", "chat"):
+        same = len({a[kind] for a in answers.values()}) == 1
+        print(f"{kind}: {'the same' if same else 'differs'} for cold start and the personalized user")
+    bad = [f"{when} {kind}" for when, texts in answers.items() for kind, text in texts.items()
+           if loops(text) or not has_words(text)]  # fmt: skip
+    if bad:
+        print(f"DEGENERATE TEXT (loops or empty): {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print("every generated text passed the loop check (training/text_metrics.py)")
     return 0
 
 

@@ -119,7 +119,8 @@ class TorchEngine:
             raise CheckpointError(
                 f"{checkpoint_dir}: trained on backbone {want}, but {backbone_dir} is {have}"
             )
-        backbone, tokenizer = load_backbone(backbone_dir, device=device)
+        dtype = getattr(torch, config.backbone_dtype)  # as in training
+        backbone, tokenizer = load_backbone(backbone_dir, device=device, dtype=dtype)
         model = PersonalizedLM(config, backbone).to(device)
         model.load_checkpoint_state(ck)
         codec = FeatureCodec.from_extras(ck.extras["vocab"], ck.extras["catalogue"])
@@ -133,11 +134,10 @@ class TorchEngine:
             noun=nouns.get("noun", "movie"),
             category_noun=nouns.get("category", "genre"),
         )
-        # the scoring prompts exactly as training cut them (the last `max_prompt_tokens` tokens)
-        max_prompt = int((ck.manifest.get("train_config") or {}).get("max_prompt_tokens") or 0)
-        if max_prompt:
-            engine.score_prompt = engine.score_prompt[-max_prompt:]
-            engine.genre_prompt = engine.genre_prompt[-max_prompt:]
+        # the scoring prompts exactly as training cut them (their last `prompt_tokens` tokens)
+        if config.prompt_tokens:
+            engine.score_prompt = engine.score_prompt[-config.prompt_tokens :]
+            engine.genre_prompt = engine.genre_prompt[-config.prompt_tokens :]
         return engine
 
     # --- helpers ---

@@ -231,6 +231,7 @@ def _routes(app: FastAPI) -> None:
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,
+            repetition_penalty=body.repetition_penalty,
         )
         if not body.stream:
             result = await state["decoder"].submit(GenerateJob(user, prompt, params))

@@ -92,6 +92,9 @@ class GenerateRequest(Strict):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    repetition_penalty: float = Field(  # default = models.generation.SERVED_REPETITION_PENALTY (tested)
+        1.1, ge=1, le=2, description="> 1 discourages tokens already in the prompt or the output (CTRL)"
+    )
     stream: bool = False
 
     @field_validator("item_id", mode="before")

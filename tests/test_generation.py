@@ -184,3 +184,17 @@ def test_bare_backbone_generation_without_user() -> None:
             torch.tensor([seq]), max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=PAD
         )
     assert out == [ref[0, 5:].tolist()]
+
+
+def test_repetition_penalty_lowers_seen_tokens_and_matches_the_served_default() -> None:
+    from models.generation import SERVED_REPETITION_PENALTY, penalize_repetition
+    from service.schemas import GenerateRequest
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    out = penalize_repetition(logits, seen, torch.tensor([2.0, 1.0]))
+    torch.testing.assert_close(out[0], torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    torch.testing.assert_close(out[1], logits[1])  # penalty 1: unchanged
+    assert GenerateRequest.model_fields["repetition_penalty"].default == SERVED_REPETITION_PENALTY
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=0.9)

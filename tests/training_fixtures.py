@@ -16,13 +16,20 @@ AMAZON = dict(
 )
 
 
-def write_tiny_backbone(folder: Path, tokenizer_dir: Path, *, max_positions: int = 256) -> Path:
-    """A seeded 2-layer Llama with the real tokenizer's vocabulary, saved with that tokenizer."""
+def write_tiny_backbone(
+    folder: Path, tokenizer_dir: Path, *, max_positions: int = 256, head_scale: float = 1.0
+) -> Path:
+    """A seeded 2-layer Llama with the real tokenizer's vocabulary, saved with that tokenizer.
+
+    `head_scale` multiplies the output layer: > 1 makes the next-token distributions peaked like a
+    trained LM's (a random one spreads its mass over the whole vocabulary)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     torch.manual_seed(0)
     model = tiny_llama(vocab_size=len(tokenizer), num_layers=2, max_position_embeddings=max_positions)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -3,13 +3,17 @@
     python -m training pretrain-encoder --dataset=movielens-latest --out_dir=checkpoints/encoder
     python -m training pretrain-encoder --out_dir=checkpoints/encoder --resume --steps=4000
     python -m training finetune --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
+    python -m training finetune --recipe=demo --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
     python -m training evaluate --checkpoint=checkpoints/encoder --out_dir=results/encoder
+    python -m training text-check --checkpoint=checkpoints/userllm --out_dir=results/demo-text
     python -m training baselines --checkpoint=checkpoints/encoder --out_dir=results/baselines
     python -m training text-prompt --encoder_dir=checkpoints/encoder --out_dir=results/text-prompt
     python -m training results --inputs=results/ml-100k,results/ml-latest-small --out=docs/results.md
 
-Every `--key=value` is a field of the command's config dataclass (training/config.py), type-checked;
-`--help` after a command lists the fields with their defaults. Errors go to stderr; exit code 2.
+`--recipe=NAME` applies a named recipe (training/recipes.py) before the other options. Every
+`--key=value` is a field of the command's config dataclass (training/config.py), type-checked;
+`--help` after a command lists the fields with their defaults. Errors go to stderr; exit code 2
+(1: a check such as text-check failed).
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from training.config import (
+    CheckFailed,
     ConfigError,
     EvalConfig,
     FinetuneConfig,
     TextPromptConfig,
     TrainConfig,
-    apply_overrides,
 )
+from training.recipes import recipes_for, resolve_config
 
 __all__ = ["main"]
 
@@ -62,6 +67,12 @@ def _text_prompt(cfg: Any) -> Any:
     return run(cfg)
 
 
+def _text_check(cfg: Any) -> Any:
+    from training.text_check import main as run
+
+    return run(cfg)
+
+
 def _results(cfg: Any) -> Any:
     from training.results import main as run
 
@@ -82,6 +93,11 @@ COMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str]] = {
     ),
     "finetune": (FinetuneConfig, _finetune, "train USER-LLM (encoder + Perceiver + LLM) on the tasks"),
     "evaluate": (EvalConfig, _evaluate, "next-item / favourite-genre / review metrics of a checkpoint"),
+    "text-check": (
+        EvalConfig,
+        _text_check,
+        "fluency and personalization of a USER-LLM checkpoint's text; exit 1 when a target is missed",
+    ),
     "baselines": (EvalConfig, _baselines, "most-popular and sequence-only baselines on the same split"),
     "text-prompt": (
         TextPromptConfig,
@@ -96,6 +112,10 @@ def _help(name: str, config: Any) -> str:
     lines = [f"python -m training {name} [--key=value ...]: {COMMANDS[name][2]}", ""]
     for field in dataclasses.fields(config):
         lines.append(f"  --{field.name}={getattr(config, field.name)!r}  ({field.type})")
+    recipes = recipes_for(name)
+    if recipes:
+        lines += ["", "recipes (--recipe=NAME, applied before the other options; training/recipes.py):"]
+        lines += [f"  {r.name}: {r.about}" for r in recipes]
     return "\n".join(lines)
 
 
@@ -112,11 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_help(name, make_config()))
         return 0
     try:
-        cfg = apply_overrides(make_config(), rest)
+        cfg = resolve_config(name, make_config(), rest)
         summary = run(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckFailed as exc:
+        print(f"check FAILED: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

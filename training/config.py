@@ -20,6 +20,7 @@ import torch
 from training.overrides import ConfigError, apply_overrides, parse_overrides
 
 __all__ = [
+    "CheckFailed",
     "ConfigError",
     "EvalConfig",
     "FinetuneConfig",
@@ -31,6 +32,12 @@ __all__ = [
     "seed_everything",
 ]
 
+
+
+class CheckFailed(Exception):
+    """A command's quality check failed (e.g. text-check: generated text misses a fluency target)."""
+
+
 # --- configs ---
 
 
@@ -38,6 +45,7 @@ __all__ = [
 class TrainConfig:
     """Self-supervised next-event pretraining of the user encoder (also the base of fine-tuning)."""
 
+    recipe: str = ""  # the named recipe the run started from (training/recipes.py; "" = none)
     # data
     dataset: str = "movielens-latest"  # data set name (training/data/registry.py)
     path: str | None = None  # data directory or file; None = the vendored ml-latest-small
@@ -118,7 +126,8 @@ class FinetuneConfig(TrainConfig):
     backbone_dir: str | None = None  # HF causal-LM folder; None = $USERLLM_BACKBONE_DIR
     mode: Literal["cross_attention", "soft_prompt", "pplug"] = "cross_attention"  # LLM contextualization
     strategy: Literal["full", "enc", "lora", "proj"] = "enc"  # which parameters train (models/strategies.py)
-    tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review
+    tasks: str = "next_item,favourite_category"  # comma-separated: next_item, favourite_category, review,
+    # and the language tasks taste, suggest, generic (training/text_tasks.py)
     cross_attn_every_n_layers: int = 6  # gated cross-attention before every n-th decoder layer
     cross_attn_layers: str = ""  # layer indices overriding every_n, e.g. "-4,-3,-2,-1" (negative: from the
     # top); the frozen layers below the first one then run once per fixed prompt (models/lower_layers.py)
@@ -127,6 +136,7 @@ class FinetuneConfig(TrainConfig):
     encoder_init: Literal["pretrained", "random"] = "pretrained"  # "random": ablation without pretraining
     max_prompt_tokens: int = 48  # instruction prompt length cap (tokens)
     max_review_tokens: int = 48  # review target length cap (tokens)
+    text_batch_size: int = 0  # batch size of the language tasks taste, suggest, generic (0 = batch_size)
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"  # backbone weights dtype during training
     # initialisation and learning rates of the freshly added parts (defaults = the original recipe)
     new_lr_mult: float = 1.0  # LR multiplier for the Perceiver and the LLM adapters (encoder: lr)
@@ -162,6 +172,8 @@ class FinetuneConfig(TrainConfig):
         super().__post_init__()
         if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:
             raise ConfigError("distill must be in [0, 1] and distill_temperature > 0")
+        if self.text_batch_size < 0:
+            raise ConfigError(f"text_batch_size must be >= 0, got {self.text_batch_size}")
         if self.new_lr_mult <= 0 or self.head_lr_mult <= 0 or self.head_init_std < 0:
             raise ConfigError("new_lr_mult and head_lr_mult must be > 0, head_init_std >= 0")
         try:
@@ -170,9 +182,10 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(
                 f"cross_attn_layers must be comma-separated integers, got {self.cross_attn_layers!r}"
             ) from None
-        unknown = set(self.task_list) - {"next_item", "favourite_category", "review"}
+        known = ("next_item", "favourite_category", "review", "taste", "suggest", "generic")
+        unknown = set(self.task_list) - set(known)
         if unknown or not self.task_list:
-            raise ConfigError(f"tasks: unknown {sorted(unknown)}; use next_item, favourite_category, review")
+            raise ConfigError(f"tasks: unknown {sorted(unknown)}; use {', '.join(known)}")
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -199,13 +212,15 @@ class EvalConfig:
     label: str = ""  # name of this run in tables (default: derived from the checkpoint)
     group: str = ""  # table of the report this row goes to ("" = the data set's main table, e.g. "ablations")
     max_review_examples: int = 64  # users whose review is generated for ROUGE (review task only)
+    text_users: int = 48  # USER-LLM checkpoints: users of the text report (fluency, personalization,
+    # samples; training/text_eval.py); 0 = no text report
     seed: int = 1337  # seeds sampling and subsets
 
     def __post_init__(self) -> None:
         if not self.k_list or min(self.k_list) < 1:
             raise ConfigError(f"ks must be positive integers, got {self.ks!r}")
-        if self.batch_size < 1 or self.max_users < 0:
-            raise ConfigError("batch_size must be >= 1 and max_users >= 0")
+        if self.batch_size < 1 or self.max_users < 0 or self.text_users < 0:
+            raise ConfigError("batch_size must be >= 1, max_users and text_users >= 0")
 
     @property
     def k_list(self) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ is scored as accuracy; review generation as ROUGE-1 / ROUGE-L F1 (`rouge-score`)
 from __future__ import annotations
 
 import json
+import random
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -27,13 +28,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.checkpoint import load_checkpoint, load_state_strict
+from models.checkpoint import Checkpoint, load_checkpoint, load_state_strict
 from models.features import collate_events
 from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import EvalConfig
 from training.corpus import Corpus, encoded, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
-from training.metrics import accuracy, ranking_metrics, seen_mask, target_ranks
+from training.generic_text import generic_texts
+from training.metrics import accuracy, ranking_metrics, rouge, seen_mask, target_ranks
+from training.tasks import TaskRunner
+from training.text_eval import text_report
+from training.text_metrics import repetition_summary
+from training.text_tasks import TextTasks
+from training.userllm_setup import load_userllm
 
 __all__ = [
     "PROTOCOLS",
@@ -42,6 +49,7 @@ __all__ = [
     "encoder_scorers",
     "evaluate_genre",
     "evaluate_next_item",
+    "evaluate_userllm",
     "load_encoder",
     "main",
     "write_results",
@@ -140,6 +148,66 @@ def encoder_scorers(encoder: UserEncoder, corpus: Corpus) -> tuple[Scorer, Calla
     return score_items, predict_genre
 
 
+# --- a USER-LLM checkpoint: scores, reviews and generated text ---
+
+
+def userllm_runner(ck: Checkpoint, corpus: Corpus) -> TaskRunner:
+    """The checkpoint's model with the prompts it was trained on (same prompt cut and user input)."""
+    model, tokenizer = load_userllm(ck)
+    train_cfg = ck.manifest.get("train_config") or {}  # the baselines' training-only choices
+    return TaskRunner(
+        model, tokenizer, corpus, model.config.prompt_tokens or 1_000_000, reuse_lower=True,
+        user_input=train_cfg.get("user_input", "embeddings"), text_events=train_cfg.get("text_events", 50),
+        text_tokens=train_cfg.get("text_tokens", 1024),
+    )  # fmt: skip
+
+
+def userllm_text_report(runner: TaskRunner, examples: Sequence[Example], users: int) -> dict[str, Any]:
+    """training/text_eval.py's report on the first `users` examples (the held-out generic text)."""
+    backbone_dir = str(Path(runner.model.llm.backbone.name_or_path))
+    _, held_out = generic_texts(runner.model.llm, runner.tokenizer, backbone_dir)
+    return text_report(TextTasks(runner), held_out, list(examples[:users]))
+
+
+@torch.no_grad()
+def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: Sequence[Example]) -> dict:
+    """Next-item (both protocols), favourite genre, ROUGE for review-trained models, and the text report
+    (fluency, repetition, personalization, samples) on `cfg.text_users` users."""
+    runner = userllm_runner(ck, corpus)
+    model = runner.model
+    tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
+    cats = corpus.vocabs["category"]
+    result: dict[str, Any] = {
+        "model": cfg.label or f"USER-LLM ({model.config.llm.mode}, {model.config.strategy})"
+    }
+    if "next_item" in tasks:
+        result["next_item"] = evaluate_next_item(
+            lambda chunk: runner.scores(chunk, "next_item"), corpus, examples, ks=cfg.k_list,
+            batch_size=min(cfg.batch_size, 32),
+        )  # fmt: skip
+    if "favourite_category" in tasks:
+
+        def predict_genre(chunk: Sequence[Example]) -> list[str | None]:
+            return [cats.decode(int(i)) for i in runner.scores(chunk, "favourite_category").argmax(-1)]
+
+        result["favourite_category"] = evaluate_genre(
+            predict_genre, examples, batch_size=min(cfg.batch_size, 32)
+        )
+    if "review" in tasks:
+        with_text = [ex for ex in examples if ex.target.text]
+        random.Random(cfg.seed).shuffle(with_text)
+        chosen = with_text[: cfg.max_review_examples]
+        preds = [p for i in range(0, len(chosen), 8) for p in runner.generate_reviews(chosen[i : i + 8], 48)]
+        refs = [ex.target.text or "" for ex in chosen]
+        samples = [{"user": ex.user, "item": ex.target.item, "generated": p, "reference": r}
+                   for ex, p, r in zip(chosen[:5], preds, refs, strict=False)]  # fmt: skip
+        result["review"] = {**rouge(preds, refs), **repetition_summary(preds), "examples": len(chosen),
+                            "samples": samples}  # fmt: skip
+    if cfg.text_users > 0 and runner.user_input == "embeddings":
+        result["text"] = userllm_text_report(runner, examples, cfg.text_users)
+    return result
+
+
 # --- output ---
 
 
@@ -181,8 +249,6 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
             "favourite_category": evaluate_genre(predict_genre, examples, batch_size=cfg.batch_size),
         }
     else:
-        from training.finetune import evaluate_userllm
-
         result = evaluate_userllm(cfg, ck, corpus, examples)
         result["finetune_config"] = ck.manifest.get("train_config")  # results.py prints its command
     result.update(

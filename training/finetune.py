@@ -16,7 +16,6 @@ backbone id (content hash) and folder, the encoder's model_version, data hash, g
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,49 +25,68 @@ from typing import Any
 import torch
 
 from models.backbone import backbone_id
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.personalized import PersonalizedLM
-from training.config import EvalConfig, FinetuneConfig, get_lr, seed_everything
+from training.config import FinetuneConfig, get_lr, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
 from training.distill import EncoderTeacher
 from training.evaluate import encoder_from_checkpoint
-from training.metrics import ranking_metrics, rouge, target_ranks
+from training.generic_text import generic_texts
+from training.metrics import ranking_metrics, target_ranks
 from training.pretrain import batch_order
 from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
 from training.tasks import TaskRunner, nouns, training_examples
+from training.text_tasks import TEXT_TASKS, TextTasks
 from training.userllm_setup import (
     build_model,
     frozen_below_split,
     init_bias_prior,
     init_head_centers,
-    load_userllm,
     split_new_parameters,
 )
 
-__all__ = ["build_pools", "evaluate_userllm", "main"]
+__all__ = ["build_pools", "main"]
 
 
 # --- validation ---
 
 
+TEXT_VALID_USERS = 64  # validation users of the language tasks (a forward pass over text each)
+
+
 @torch.no_grad()
-def validate(runner: TaskRunner, examples: Sequence[Example], tasks: Sequence[str], batch_size: int) -> dict:
-    """Mean task loss (the model-selection value) + next-item Recall@10 / genre accuracy."""
+def validate(
+    runner: TaskRunner, examples: Sequence[Example], tasks: Sequence[str], batch_size: int,
+    text: TextTasks | None = None,
+) -> dict:  # fmt: skip
+    """Mean task loss (the model-selection value) + next-item Recall@10 / genre accuracy. Language tasks
+    are validated on the first TEXT_VALID_USERS examples that they can use."""
     runner.model.eval()
     losses: dict[str, list[float]] = {t: [] for t in tasks}
+    counts = {t: 0 for t in tasks}
+    for task in tasks:
+        if task in TEXT_TASKS and text is not None:
+            pool = text.pool(examples, task)[:TEXT_VALID_USERS]
+            for i in range(0, len(pool), batch_size):
+                chunk = pool[i : i + batch_size]
+                losses[task].append(float(text.loss(chunk, task, i)) * len(chunk))
+                counts[task] += len(chunk)
     ranks, genre_hits = [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         for task in tasks:
+            if task in TEXT_TASKS:
+                continue
             losses[task].append(float(runner.loss(chunk, task, distill=False)) * len(chunk))
+            counts[task] += len(chunk)
         if "next_item" in tasks:
             ranks.append(target_ranks(runner.scores(chunk, "next_item"), runner.labels(chunk, "next_item")))
         if "favourite_category" in tasks:
             pred = runner.scores(chunk, "favourite_category").argmax(dim=-1)
             genre_hits.append((pred == runner.labels(chunk, "favourite_category")).float())
     runner.model.train()
-    out = {f"val_{t}": sum(v) / max(1, len(examples)) for t, v in losses.items()}
+    out = {f"val_{t}": sum(v) / max(1, counts[t]) for t, v in losses.items()}
     if ranks:
         out.update({f"val_{k}": v for k, v in ranking_metrics(torch.cat(ranks), ks=(10,)).items()})
     if genre_hits:
@@ -98,16 +116,22 @@ def task_nouns(corpus: Corpus) -> dict[str, str]:
 # --- training ---
 
 
-def build_pools(corpus: Corpus, tasks: Sequence[str], window: int) -> dict[str, list[Example]]:
+def build_pools(
+    corpus: Corpus, tasks: Sequence[str], window: int, text: TextTasks | None = None
+) -> dict[str, list[Example]]:
     """Training examples per task: every cut of the train timelines (genre: with a labelled history;
-    review: with a target review text)."""
+    review: with a target review text; the language tasks: as `TextTasks.pool` keeps them)."""
     cuts = training_examples(corpus, window)
     keep = {
         "next_item": lambda ex: True,
         "favourite_category": lambda ex: favourite_category(ex.history) is not None,
         "review": lambda ex: bool(ex.target.text),
     }
-    pools = {task: [ex for ex in cuts if keep[task](ex)] for task in tasks}
+    pools = {
+        task: text.pool(cuts, task) if task in TEXT_TASKS and text is not None else
+        [ex for ex in cuts if keep[task](ex)]
+        for task in tasks
+    }  # fmt: skip
     empty = [t for t, p in pools.items() if not p]
     if empty:
         raise ValueError(f"no training examples for task(s) {empty} in {corpus.dataset.name}")
@@ -135,14 +159,18 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         text_tokens=cfg.text_tokens, distill=cfg.distill, distill_temperature=cfg.distill_temperature,
         teacher=teacher,
     )  # fmt: skip
+    text = None
+    if set(cfg.task_list) & set(TEXT_TASKS):  # language tasks: the bare backbone's generic text, once
+        generic_train, _ = generic_texts(model.llm, tokenizer, backbone_dir, progress=cfg.progress)
+        text = TextTasks(runner, generic_train)
     window = model.config.tower.encoder.window
-    pools = build_pools(corpus, cfg.task_list, window)
+    pools = build_pools(corpus, cfg.task_list, window, text)
     if not cfg.resume:
         init_head_centers(runner)
         if cfg.head_bias_prior:
             init_bias_prior(runner, pools)
     # validate on the classification tasks when there are any (cheap), else on the review loss
-    val_tasks = [t for t in cfg.task_list if t != "review"] or ["review"]
+    val_tasks = [t for t in cfg.task_list if t != "review"] or ["review"]  # language tasks included
     valid = [ex for ex in corpus.splits.valid if val_tasks != ["review"] or ex.target.text]
     valid = valid[: cfg.eval_users or None]
     total = cfg.steps
@@ -167,15 +195,22 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, loss_count, record = 0.0, 0, {}
-    task_names = list(pools)
+    task_names = list(cfg.task_list)  # the cycle of tasks, one per step (a task may appear twice)
+    batch_sizes = {t: cfg.text_batch_size if t in TEXT_TASKS and cfg.text_batch_size else cfg.batch_size
+                   for t in task_names}  # fmt: skip
     while step < total:
         lr = get_lr(step, cfg, total)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         task = task_names[step % len(task_names)]
         pool = pools[task]
-        batch = [pool[i] for i in batch_order(step // len(task_names), len(pool), cfg.batch_size, cfg.seed)]
-        loss = runner.loss(batch, task)
+        cycle, pos = divmod(step, len(task_names))
+        turn = cycle * task_names.count(task) + task_names[:pos].count(task)  # this task's batch number
+        batch = [pool[i] for i in batch_order(turn, len(pool), batch_sizes[task], cfg.seed)]
+        if text is not None and task in TEXT_TASKS:
+            loss = text.loss(batch, task, step)
+        else:
+            loss = runner.loss(batch, task)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -186,7 +221,7 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         extra: dict[str, float] = {}
         if step % cfg.eval_interval == 0 or step == total:
-            extra = validate(runner, valid, val_tasks, cfg.batch_size)
+            extra = validate(runner, valid, val_tasks, cfg.batch_size, text)
             val = extra.pop("val")
             if val < best_val:
                 best_val = val
@@ -202,48 +237,3 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     log.close()
     return {"step": step, "best_val": best_val, "last": record, "out_dir": cfg.out_dir,
             "run_dir": str(run_dir), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-
-
-# --- evaluation (python -m training evaluate --checkpoint=<userllm dir>) ---
-
-
-@torch.no_grad()
-def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: Sequence[Example]) -> dict:
-    """Next-item (both protocols), favourite genre and, for review-trained models, ROUGE."""
-    from training.evaluate import evaluate_genre, evaluate_next_item
-
-    model, tokenizer = load_userllm(ck)
-    train_cfg = ck.manifest.get("train_config") or {}  # same prompt cut as in training
-    runner = TaskRunner(
-        model, tokenizer, corpus, train_cfg.get("max_prompt_tokens", 48), reuse_lower=True,
-        user_input=train_cfg.get("user_input", "embeddings"), text_events=train_cfg.get("text_events", 50),
-        text_tokens=train_cfg.get("text_tokens", 1024),
-    )  # fmt: skip
-    tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
-    cats = corpus.vocabs["category"]
-    result: dict[str, Any] = {
-        "model": cfg.label or f"USER-LLM ({model.config.llm.mode}, {model.config.strategy})"
-    }
-    if "next_item" in tasks:
-        result["next_item"] = evaluate_next_item(
-            lambda chunk: runner.scores(chunk, "next_item"), corpus, examples, ks=cfg.k_list,
-            batch_size=min(cfg.batch_size, 32),
-        )  # fmt: skip
-    if "favourite_category" in tasks:
-
-        def predict_genre(chunk: Sequence[Example]) -> list[str | None]:
-            return [cats.decode(int(i)) for i in runner.scores(chunk, "favourite_category").argmax(-1)]
-
-        result["favourite_category"] = evaluate_genre(
-            predict_genre, examples, batch_size=min(cfg.batch_size, 32)
-        )
-    if "review" in tasks:
-        with_text = [ex for ex in examples if ex.target.text]
-        random.Random(cfg.seed).shuffle(with_text)
-        chosen = with_text[: cfg.max_review_examples]
-        preds = [p for i in range(0, len(chosen), 8) for p in runner.generate_reviews(chosen[i : i + 8], 48)]
-        refs = [ex.target.text or "" for ex in chosen]
-        samples = [{"user": ex.user, "item": ex.target.item, "generated": p, "reference": r}
-                   for ex, p, r in zip(chosen[:5], preds, refs, strict=False)]  # fmt: skip
-        result["review"] = {**rouge(preds, refs), "examples": len(chosen), "samples": samples}
-    return result

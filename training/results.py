@@ -2,7 +2,8 @@
 
 Tables show Recall@1/5/10 and NDCG@10 under both ranking protocols (training/evaluate.py
 `PROTOCOLS`), the favourite-genre accuracy and ROUGE when present, beside the reference anchor from
-pmixer/SASRec.pytorch on ML-100K. Plots use matplotlib's Agg backend (no display needed).
+pmixer/SASRec.pytorch on ML-100K, then the generation tables (fluency, personalization, samples;
+training/results_text.py) of the rows that carry a text report. Plots use matplotlib's Agg backend.
 
     python -m training results --inputs=results/ml-100k,results/ml-latest-small --out=docs/results.md
 """
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from training.results_text import text_tables
 
 __all__ = ["ANCHORS", "ResultsConfig", "main", "markdown_table", "plot_results"]
 
@@ -207,6 +210,7 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
         lines += [Path(cfg.notes).read_text(encoding="utf-8").strip(), ""]
     for dataset, rows in by_dataset.items():
         lines += [f"## {dataset}", "", markdown_table(rows, ANCHORS.get(dataset, ())), ""]
+        lines += text_tables(rows)
         plot = plot_results(rows, plots, f"{re.sub(r'[^A-Za-z0-9_.]+', '-', dataset)}-next_item.png")
         if plot is not None:
             lines += [f"![{dataset} next-item]({os.path.relpath(plot, Path(cfg.out).parent)})", ""]

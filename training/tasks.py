@@ -52,7 +52,8 @@ def build_config(
     *, encoder: UserEncoderConfig, corpus: Corpus, mode: str, strategy: str, num_user_tokens: int,
     every_n: int, backbone: str, head_user_skip: bool = False, use_perceiver: bool = True,
     cross_attn_layers: tuple[int, ...] = (), encoder_heads: bool = False, head_center: bool = False,
-    perceiver_recency: bool = False, last_event_token: bool = False,
+    perceiver_recency: bool = False, last_event_token: bool = False, backbone_dtype: str = "float32",
+    prompt_tokens: int = 0,
 ) -> UserLLMConfig:  # fmt: skip
     """UserLLMConfig around a pretrained encoder: Perceiver width = encoder width; `encoder_heads`:
     factorised heads as wide as the encoder (initialised from its next-event heads by fine-tuning)."""
@@ -75,6 +76,7 @@ def build_config(
         tower=tower, llm=llm, num_items=len(corpus.vocabs["item"]),
         num_categories=max(2, len(corpus.vocabs["category"])), strategy=strategy, backbone=backbone,
         head_user_skip=head_user_skip, head_dim=d if encoder_heads else 0, head_center=head_center,
+        backbone_dtype=backbone_dtype, prompt_tokens=prompt_tokens,
     )  # fmt: skip
 
 

@@ -158,7 +158,8 @@ def build_model(
         cross_attn_layers=resolve_layers(cfg.cross_attn_layer_ids, backbone.config.num_hidden_layers),
         encoder_heads=cfg.encoder_heads,
         head_center=cfg.head_center, perceiver_recency=cfg.perceiver_recency,
-        last_event_token=cfg.last_event_token,
+        last_event_token=cfg.last_event_token, backbone_dtype=cfg.backbone_dtype,
+        prompt_tokens=cfg.max_prompt_tokens,
     )  # fmt: skip
     model = PersonalizedLM(config, backbone)
     for head in (model.item_head, model.category_head):
@@ -196,9 +197,9 @@ def load_userllm(ck: Checkpoint, backbone_dir: str | None = None) -> tuple[Perso
         raise CheckpointError(
             f"backbone {directory} has id {backbone_id(directory)}, checkpoint wants {expected}"
         )
-    dtype = (ck.manifest.get("train_config") or {}).get("backbone_dtype", "float32")
-    backbone, tokenizer = load_backbone(directory, dtype=getattr(torch, dtype))
-    model = PersonalizedLM(UserLLMConfig(**ck.config), backbone)
+    config = UserLLMConfig(**ck.config)
+    backbone, tokenizer = load_backbone(directory, dtype=getattr(torch, config.backbone_dtype))
+    model = PersonalizedLM(config, backbone)
     model.load_checkpoint_state(ck)
     return model.eval(), tokenizer
 

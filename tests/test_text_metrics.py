@@ -1,0 +1,92 @@
+"""Text metrics and language-task targets: the loop detector flags the degenerate samples the demo
+served and passes ordinary answers; titles are found in generated text; targets read as sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.data import Event
+from training.text_metrics import (
+    display_title,
+    distinct_n,
+    loops,
+    mentioned_titles,
+    repeated_ngram_share,
+    repetition_summary,
+    title_index,
+)
+from training.text_tasks import bucket_kl, suggest_target, taste_target, top_categories
+
+DEGENERATE = [  # what the scoring-only demo checkpoint wrote for users with events
+    '" this 200, this 2, this, this, this, this, this, this, this, this, this, this, this,',
+    '" L body, the first in a 1, the first in a 1, the first in a 1, the first in a 1, the first in a 1,',
+    "here, here, here, here, here, here, here, here, here, here, here, here, here, here,",
+    'Here\'s your first\n C L " M  T  T K " "\n\n C L " M  T  T K " "\n\n C L " M  T  T K " "',
+    ".... .... .... .... .... .... .... .... .... ....",
+]
+FLUENT = [
+    "I'd suggest The Matrix (1999). It is a smart science fiction film with great action, and its story "
+    "about what is real keeps you thinking long after the credits.",
+    "A warm, funny film with a big heart. The cast is wonderful and the ending made me smile; I would "
+    "happily watch it again with my family.",
+    "You mostly watch Drama, Comedy and Romance movies.",
+]
+
+
+@pytest.mark.parametrize("text", DEGENERATE)
+def test_loops_flags_degenerate_samples(text: str) -> None:
+    assert loops(text)
+
+
+@pytest.mark.parametrize("text", FLUENT)
+def test_loops_passes_fluent_samples(text: str) -> None:
+    assert not loops(text)
+    assert distinct_n(text, 2) >= 0.9 and repeated_ngram_share(text) == 0.0
+
+
+def test_repetition_summary_counts_looping_and_empty_samples() -> None:
+    summary = repetition_summary([FLUENT[0], DEGENERATE[2], "...", ""])
+    assert summary["samples"] == 4
+    assert summary["looping"] == pytest.approx(0.25)
+    assert summary["empty"] == pytest.approx(0.5)
+    assert distinct_n("a b a b a b", 2) == pytest.approx(2 / 5)
+
+
+def test_titles_are_found_in_generated_text() -> None:
+    index = title_index({"1": "Heat (1995)", "2": "Matrix, The (1999)", "3": "Up (2009)", "4": "It (2017)"})
+    assert display_title("Matrix, The (1999)") == "The Matrix (1999)"
+    assert display_title("Heat (1995)") == "Heat (1995)"
+    assert mentioned_titles("Watch The Matrix (1999) tonight, then Heat (1995).", index) == ["2", "1"]
+    assert mentioned_titles("the matrix is great", index) == ["2"]  # without the year
+    assert mentioned_titles("Look up, it is late.", index) == []  # short titles never match words
+
+
+def test_targets_read_as_sentences() -> None:
+    history = [
+        Event("1", 1, 4.0, ("Drama", "Romance")),
+        Event("2", 2, 3.0, ("Comedy",)),
+        Event("3", 3, 5.0, ("Drama", "Comedy")),
+    ]
+    assert top_categories(history) == ["Drama", "Comedy", "Romance"]
+    assert taste_target(history, "movie", you=True) == "You mostly watch Drama, Comedy and Romance movies."
+    assert taste_target(history, "product", you=False) == (
+        "This user mostly chooses Drama, Comedy and Romance products."
+    )
+    assert taste_target([Event("1", 1)], "movie", you=True) is None
+    assert suggest_target(history, "Heat (1995)", ["Action", "Drama"], "movie", you=True) == (
+        "Heat (1995). It is an Action and Drama movie, and you often watch Drama movies."
+    )
+    assert suggest_target(history, "Alien (1979)", ["Horror"], "movie", you=False) == (
+        "Alien (1979). It is a Horror movie, something new to try."
+    )
+
+
+def test_bucket_kl_is_zero_for_equal_distributions_and_positive_otherwise() -> None:
+    import torch
+
+    logits = torch.randn(5, 50)
+    logp = logits.log_softmax(-1).topk(8, dim=-1)
+    same = bucket_kl(logp.values, logp.values)
+    other = logits.roll(1, dims=-1).log_softmax(-1).gather(1, logp.indices)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    assert float(bucket_kl(logp.values, other)) > 0.01

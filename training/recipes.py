@@ -1,0 +1,98 @@
+"""Named training recipes: every measured configuration in one place, chosen with `--recipe=NAME`.
+
+A recipe is a named set of config values for one command (litgpt's `config_hub/finetune/*.yaml`,
+nanoGPT's `config/train_*.py`). `resolve_config` starts from the command's defaults, applies the
+recipe, then the remaining `--key=value` overrides (paths, threads, a changed step count), so the
+Makefile and the docs name a recipe instead of copying its flags. The recipe's name is kept in the
+config (`recipe`), hence in the checkpoint's manifest.
+
+    python -m training finetune --recipe=demo --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from training.config import ConfigError, apply_overrides
+
+__all__ = ["RECIPES", "Recipe", "recipes_for", "resolve_config"]
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Config values of one command under one name."""
+
+    command: str  # the `python -m training` command it is for
+    name: str  # what --recipe= takes
+    about: str  # one line: what it trains and where it is measured
+    values: Mapping[str, Any]  # config field -> value (types as the dataclass declares them)
+
+
+# The USER-LLM recipe's model part: cross-attention in the backbone's last 4 layers (the 26 below run
+# once per fixed prompt), Perceiver with recency embeddings plus the newest event's state as a 17th
+# user token, heads started from the encoder's, distillation from the encoder (docs/results.md).
+_USERLLM = dict(
+    mode="cross_attention", strategy="enc", cross_attn_layers="-4,-3,-2,-1", encoder_heads=True,
+    head_center=True, perceiver_recency=True, last_event_token=True, max_prompt_tokens=16, gate_init=0.5,
+    new_lr_mult=3.0, distill=0.5, lr=6e-4, min_lr=6e-5,
+)  # fmt: skip
+# Language tasks beside the scoring tasks (training/text_tasks.py): the generic KL twice per cycle.
+_MULTITASK = "next_item,favourite_category,generic,taste,suggest,generic"
+_ML100K = dict(dataset="movielens-100k", path="../shared/data/movielens-100k")
+
+RECIPES: dict[tuple[str, str], Recipe] = {
+    (r.command, r.name): r
+    for r in (
+        Recipe("pretrain-encoder", "demo", "a small encoder on the vendored ml-latest-small (train-demo)",
+               dict(dataset="movielens-latest", d_model=64, n_layers=2, batch_size=32, steps=1200, warmup=50,
+                    eval_interval=400, save_interval=400, log_interval=100, eval_users=200)),
+        Recipe("finetune", "demo",
+               "multi-task USER-LLM, ml-latest-small: next item, genre, taste + suggestion text, generic KL",
+               dict(_USERLLM, dataset="movielens-latest", tasks=_MULTITASK, steps=600, batch_size=16,
+                    text_batch_size=8, warmup=20, eval_interval=300, save_interval=300, log_interval=50,
+                    eval_users=200)),
+        Recipe("finetune", "demo-next-item", "the scoring-only demo recipe (next item + genre heads)",
+               dict(_USERLLM, dataset="movielens-latest", steps=500, batch_size=16, warmup=20,
+                    eval_interval=250, save_interval=250, log_interval=50, eval_users=200)),
+        Recipe("pretrain-encoder", "ml-100k", "2-layer encoder on ML-100K (docs/results.md)",
+               dict(_ML100K, n_layers=2, epochs=60, batch_size=128)),
+        Recipe("finetune", "ml-100k-next-item", "single-task USER-LLM on ML-100K: R@10 0.089 / 0.135",
+               dict(_USERLLM, **_ML100K, tasks="next_item", steps=1200, batch_size=32, warmup=50,
+                    eval_interval=200, eval_users=0)),
+        Recipe("finetune", "ml-100k", "multi-task USER-LLM on ML-100K (scoring + language tasks)",
+               dict(_USERLLM, **_ML100K, tasks=_MULTITASK, steps=1800, batch_size=32, text_batch_size=16,
+                    warmup=50, eval_interval=300, eval_users=0)),
+    )
+}  # fmt: skip
+
+
+def recipes_for(command: str) -> list[Recipe]:
+    """The recipes of one command, in definition order."""
+    return [r for (c, _), r in RECIPES.items() if c == command]
+
+
+def resolve_config(command: str, config: C, argv: Sequence[str]) -> C:
+    """`config` with `--recipe=NAME` (if any) applied first, then the other `--key=value` overrides."""
+    rest, name = [], None
+    for arg in argv:
+        if arg.startswith("--recipe="):
+            name = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    if name:
+        recipe = RECIPES.get((command, name))
+        if recipe is None:
+            known = ", ".join(r.name for r in recipes_for(command)) or "none"
+            raise ConfigError(f"unknown recipe {name!r} for {command} (known: {known})")
+        fields = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+        try:
+            config = dataclasses.replace(config, **recipe.values, recipe=name)  # type: ignore[type-var]
+        except TypeError as exc:
+            unknown = sorted(set(recipe.values) - fields)
+            raise ConfigError(f"recipe {name!r}: fields {unknown} are not options of {command}") from exc
+    return apply_overrides(config, rest)

@@ -1,0 +1,156 @@
+"""Measures of the text a USER-LLM checkpoint writes: fluency and personalization, with and without
+the user.
+
+- fluency: perplexity of the held-out generic responses (training/generic_text.py) read with a test
+  user's tokens, divided by the bare backbone's (1.0 = language untouched); repetition of greedy samples
+  (distinct-2, repeated 4-gram share, looping samples; training/text_metrics.py) for three requests a
+  user of the service sends: a chat request ("Suggest a movie for tonight and say why."), a review of
+  the held-out item at its rating, and "Describe my taste";
+- personalization: the taste answer names the user's favourite category (first); the suggestion names
+  a catalogue title, the user's held-out next item, and a title of the user's favourite category;
+- samples: the first five answers of each request, side by side with the cold-start answer.
+
+"cold start" runs the same checkpoint with no user tokens (the bare backbone: the cross-attention blocks
+are the identity without a user). Greedy decoding, as the demo, with the service's default repetition
+penalty (models/generation.py SERVED_REPETITION_PENALTY).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.generation import SERVED_REPETITION_PENALTY, SamplingParams, generate, left_pad
+from models.prompts import instruction, prompt_ids
+from training.data import Example, favourite_category, format_rating
+from training.generic_text import GenericText
+from training.text_metrics import loops, mentioned_titles, repetition_summary, share, title_index, words
+from training.text_tasks import TextTasks
+
+__all__ = ["CHAT_PROMPT", "TEXT_TARGETS", "perplexity_ratio", "text_report"]
+
+CHAT_PROMPT = "Suggest a {noun} for tonight and say why."  # the chat request of the samples
+TASTE_PROMPT = "Describe my taste in {noun}s."
+TEXT_TARGETS = {"ppl_ratio": 1.2, "distinct_2": 0.6}  # issue targets; looping samples must be 0
+
+
+@torch.no_grad()
+def perplexity_ratio(text: TextTasks, held_out: Sequence[GenericText], examples: Sequence[Example]) -> dict:
+    """exp(mean NLL with a user's tokens) / exp(mean NLL of the bare backbone) on held-out generic
+    responses; text i is read with the user of example i (cycling)."""
+    head = text.runner.model.llm.backbone.get_output_embeddings()
+    nll = {"user": 0.0, "bare": 0.0}
+    tokens = 0
+    for start in range(0, len(held_out), 8):
+        chunk = held_out[start : start + 8]
+        users = [examples[(start + i) % len(examples)] for i in range(len(chunk))]
+        targets = torch.cat([torch.tensor(t.response_ids) for t in chunk]).to(text.runner.device)
+        for key, context in (("user", text.runner.context(users)), ("bare", None)):
+            logits = head(text.response_hidden(chunk, context)).float()  # (N, V)
+            nll[key] += float(F.cross_entropy(logits, targets, reduction="sum"))
+        tokens += len(targets)
+    ppl = {k: math.exp(v / max(1, tokens)) for k, v in nll.items()}
+    return {"ppl_user": ppl["user"], "ppl_bare": ppl["bare"], "ppl_ratio": ppl["user"] / ppl["bare"],
+            "tokens": tokens}  # fmt: skip
+
+
+@torch.no_grad()
+def _answers(text: TextTasks, examples: Sequence[Example], prompts: Sequence[str], user: bool,
+             max_new_tokens: int) -> list[str]:  # fmt: skip
+    runner = text.runner
+    tok = runner.tokenizer
+    out: list[str] = []
+    params = SamplingParams(max_new_tokens, repetition_penalty=SERVED_REPETITION_PENALTY)
+    for start in range(0, len(examples), 8):
+        chunk = examples[start : start + 8]
+        ids, mask = left_pad(
+            [prompt_ids(tok, p) for p in prompts[start : start + 8]], pad_token_id=tok.pad_token_id
+        )
+        rows = generate(
+            runner.model.llm, ids.to(runner.device), mask.to(runner.device),
+            user_context=runner.context(chunk) if user else None,
+            params=params, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        out.extend(tok.decode(r, skip_special_tokens=True).strip() for r in rows)
+    return out
+
+
+def _requests(text: TextTasks, examples: Sequence[Example]) -> dict[str, list[str]]:
+    """The instructions of the three sampled requests, per example."""
+    runner = text.runner
+    noun = runner.noun
+    reviews = []
+    for ex in examples:
+        title = (runner.corpus.catalogue.get(ex.target.item) or {}).get("title") or ex.target.item
+        reviews.append(instruction("review", title=title, rating=format_rating(ex.target.rating) or ""))
+    return {
+        "chat": [CHAT_PROMPT.format(noun=noun)] * len(examples),
+        "review": reviews,
+        "taste": [TASTE_PROMPT.format(noun=noun)] * len(examples),
+    }
+
+
+def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict[str, list[str]]) -> dict:
+    catalogue = text.runner.corpus.catalogue
+    index = title_index({i: e["title"] for i, e in catalogue.items() if e.get("title")})
+    favourites = [favourite_category(ex.history) for ex in examples]
+    named = [mentioned_titles(a, index) for a in answers["chat"]]
+    first_named = [n[0] if n else None for n in named]
+
+    def first_category(answer: str) -> str | None:
+        found = [
+            (answer.lower().find(c.lower()), c) for c in text.runner.corpus.vocabs["category"].tokens[2:]
+        ]
+        hits = sorted((pos, c) for pos, c in found if pos >= 0)
+        return hits[0][1] if hits else None
+
+    nexts = [ex.target.item for ex in examples]
+    return {
+        "taste_names_favourite": share(f is not None and first_category(a) == f
+                                       for a, f in zip(answers["taste"], favourites, strict=True)),
+        "chat_names_title": share(n is not None for n in first_named),
+        "chat_title_is_next_item": share(n == t for n, t in zip(first_named, nexts, strict=True)),
+        "chat_title_in_favourite": share(
+            n is not None and f in (catalogue.get(n) or {}).get("categories", [])
+            for n, f in zip(first_named, favourites, strict=True)
+        ),
+    }  # fmt: skip
+
+
+def text_report(text: TextTasks, held_out: Sequence[GenericText], examples: Sequence[Example], *,
+                max_new_tokens: int = 48, samples: int = 5) -> dict[str, Any]:  # fmt: skip
+    """Fluency, repetition and personalization of the checkpoint's text, with the user and cold start."""
+    requests = _requests(text, examples)
+    report: dict[str, Any] = {"users": len(examples), "fluency": perplexity_ratio(text, held_out, examples)}
+    for side, user in (("user", True), ("cold_start", False)):
+        answers = {k: _answers(text, examples, v, user, max_new_tokens) for k, v in requests.items()}
+        report[side] = {
+            "repetition": {k: repetition_summary(v) for k, v in answers.items()},
+            "personalization": _personalization(text, examples, answers),
+            "samples": {k: v[:samples] for k, v in answers.items()},
+            "looping_samples": {k: [a for a in v if loops(a)][:3] for k, v in answers.items()},
+            "words": sum(len(words(a)) for v in answers.values() for a in v),
+        }
+    report["requests"] = {k: v[:samples] for k, v in requests.items()}
+    report["targets_missed"] = missed_targets(report)
+    return report
+
+
+def missed_targets(report: dict[str, Any]) -> list[str]:
+    """The fluency targets a report misses (empty = all met)."""
+    missed = []
+    ratio = report["fluency"]["ppl_ratio"]
+    if ratio > TEXT_TARGETS["ppl_ratio"]:
+        missed.append(f"generic-text perplexity ratio {ratio:.3f} > {TEXT_TARGETS['ppl_ratio']}")
+    for kind, rep in report["user"]["repetition"].items():
+        if rep["distinct_2"] < TEXT_TARGETS["distinct_2"]:
+            missed.append(f"{kind}: distinct-2 {rep['distinct_2']:.3f} < {TEXT_TARGETS['distinct_2']}")
+        if rep["looping"] > 0:
+            missed.append(f"{kind}: {rep['looping']:.0%} of the samples loop")
+        if rep["empty"] > 0:
+            missed.append(f"{kind}: {rep['empty']:.0%} of the samples are empty")
+    return missed

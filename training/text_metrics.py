@@ -1,0 +1,143 @@
+"""Metrics of generated text: repetition (loops), diversity, and the personalization checks of the
+MovieLens text tasks.
+
+- `distinct_n`: distinct word n-grams / all word n-grams of one sample (Li et al., NAACL 2016,
+  "A Diversity-Promoting Objective Function for Neural Conversation Models"), averaged over samples.
+- `repeated_ngram_share`: share of a sample's word n-grams (n = 4) that already occurred earlier in the
+  same sample: about 0 for ordinary prose, near 1 for a loop such as "this, this, this, ...".
+- `loops`: the verdict the checks use (repeated 4-gram share >= 0.25, or distinct-2 < 0.5 on a sample of
+  at least 8 words).
+- `mentioned_titles`: catalogue titles a generated text names (normalised substring match), for the
+  "suggest" task's personalization figures.
+
+Tokens are lower-cased runs of letters, digits and apostrophes, and runs of other non-space characters
+(so a loop of "...." is caught like a loop of words).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from statistics import mean
+
+__all__ = [
+    "LOOP_DISTINCT2",
+    "LOOP_REPEAT_SHARE",
+    "display_title",
+    "distinct_n",
+    "has_words",
+    "loops",
+    "mentioned_titles",
+    "repeated_ngram_share",
+    "repetition_summary",
+    "share",
+    "title_index",
+    "words",
+]
+
+LOOP_REPEAT_SHARE = 0.25  # a sample whose repeated 4-gram share reaches this loops
+LOOP_DISTINCT2 = 0.5  # ... or whose distinct-2 is below this (samples of >= 8 words)
+_WORD = re.compile(r"[a-z0-9']+|[^\sa-z0-9']+")  # words, and runs of other non-space characters
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased tokens of a text: words, and runs of punctuation ("...." is one token)."""
+    return _WORD.findall(text.lower())
+
+
+def has_words(text: str) -> bool:
+    """True when the text has at least one letter or digit."""
+    return any(c.isalnum() for c in text)
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct word n-grams / all word n-grams of one text (1.0 when it has no n-gram)."""
+    grams = _ngrams(words(text), n)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repeated_ngram_share(text: str, n: int = 4) -> float:
+    """Share of the text's word n-grams that already occurred earlier in it (0.0 when it has none)."""
+    grams = _ngrams(words(text), n)
+    seen: set[tuple[str, ...]] = set()
+    repeated = 0
+    for gram in grams:
+        repeated += gram in seen
+        seen.add(gram)
+    return repeated / len(grams) if grams else 0.0
+
+
+def loops(text: str) -> bool:
+    """True when a sample degenerates into repetition (see the module docstring for the thresholds)."""
+    if repeated_ngram_share(text) >= LOOP_REPEAT_SHARE:
+        return True
+    return len(words(text)) >= 8 and distinct_n(text, 2) < LOOP_DISTINCT2
+
+
+def repetition_summary(texts: Sequence[str]) -> dict[str, float]:
+    """Mean distinct-2, mean repeated 4-gram share, share of looping samples and of empty samples."""
+    if not texts:
+        return {"distinct_2": 0.0, "repeated_4gram_share": 0.0, "looping": 0.0, "empty": 0.0, "samples": 0}
+    return {
+        "distinct_2": mean(distinct_n(t, 2) for t in texts),
+        "repeated_4gram_share": mean(repeated_ngram_share(t) for t in texts),
+        "looping": mean(float(loops(t)) for t in texts),
+        "empty": mean(float(not has_words(t)) for t in texts),
+        "samples": len(texts),
+    }
+
+
+def _normalise(title: str) -> str:
+    return " ".join(w for w in words(title) if has_words(w))
+
+
+_TRAILING_ARTICLE = re.compile(r"^(.*), (the|a|an|les|la|le|il|das|der|die|el)( \(\d{4}\))?$", re.IGNORECASE)
+_YEAR = re.compile(r"\s*\(\d{4}\)$")
+
+
+def display_title(title: str) -> str:
+    """MovieLens' "Matrix, The (1999)" as people write it: "The Matrix (1999)"; other titles unchanged."""
+    match = _TRAILING_ARTICLE.match(title.strip())
+    if not match:
+        return title.strip()
+    return f"{match.group(2)} {match.group(1)}{match.group(3) or ''}"
+
+
+def title_index(titles: Mapping[str, str]) -> dict[str, str]:
+    """Normalised title -> item id, in the catalogue's form, as `display_title` writes it, and without
+    the year; only keys of at least two words or six characters (short titles such as "Up" would match
+    ordinary words)."""
+    index: dict[str, str] = {}
+    for item, title in titles.items():
+        for variant in (display_title(title), title, _YEAR.sub("", display_title(title))):
+            key = _normalise(variant)
+            if len(key) >= 6 or len(key.split()) >= 2:
+                index.setdefault(key, item)
+    return index
+
+
+def mentioned_titles(text: str, index: Mapping[str, str], *, max_words: int = 12) -> list[str]:
+    """Item ids whose normalised title occurs in the text (longest match first, no overlaps)."""
+    tokens = [w for w in words(text) if has_words(w)]
+    found: list[str] = []
+    i = 0
+    while i < len(tokens):
+        for n in range(min(max_words, len(tokens) - i), 0, -1):
+            item = index.get(" ".join(tokens[i : i + n]))
+            if item is not None:
+                found.append(item)
+                i += n
+                break
+        else:
+            i += 1
+    return found
+
+
+def share(flags: Iterable[bool]) -> float:
+    """Mean of booleans (0.0 for none)."""
+    values = [float(f) for f in flags]
+    return sum(values) / len(values) if values else 0.0
