@@ -53,7 +53,8 @@ train-demo: install backbone
 	nice $(BIN)/python -m training finetune --recipe=demo --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_USERLLM_DIR) --run_dir=$(DEMO_RUNS_DIR)/userllm --backbone_dir=$(USERLLM_BACKBONE_DIR) \
 		--threads=$(TRAIN_THREADS)
-	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_USERLLM_DIR) --out_dir=$(DEMO_RUNS_DIR)/text-check
+	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_USERLLM_DIR) --out_dir=$(DEMO_RUNS_DIR)/text-check \
+		--text_users=24
 
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests

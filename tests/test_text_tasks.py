@@ -132,8 +132,24 @@ def test_one_multitask_checkpoint_answers_every_task_and_text_check_fails_on_gar
     code = cli(["text-check", f"--checkpoint={cfg.out_dir}", "--max_users=12", "--text_users=4",
                 f"--out_dir={tmp_path / 'check'}"])  # fmt: skip
     out, err = capsys.readouterr()
-    assert code == 1 and "check FAILED" in err
-    assert "generic-text perplexity" in out and (tmp_path / "check" / "text.json").is_file()
+    assert code == 1 and "check FAILED: degenerate text" in err
+    assert "generic-text perplexity" in out and "targets missed" in out
+    assert (tmp_path / "check" / "text.json").is_file()
+
+
+def test_degenerate_compares_loops_with_the_bare_backbone() -> None:
+    from training.text_eval import degenerate, missed_targets
+
+    def report(user_loops: float, bare_loops: float, ratio: float = 1.01) -> dict:
+        rep = {"distinct_2": 0.9, "looping": user_loops, "empty": 0.0}
+        bare = {**rep, "looping": bare_loops}
+        return {"fluency": {"ppl_ratio": ratio}, "user": {"repetition": {"review": rep}},
+                "cold_start": {"repetition": {"review": bare}}}  # fmt: skip
+
+    assert missed_targets(report(0.02, 0.02)) == ["review: 2% of the samples loop"]
+    assert degenerate(report(0.02, 0.02)) == []  # the bare backbone repeats itself as often
+    assert degenerate(report(0.5, 0.02)) == ["review: 50% of the samples loop (2% without the user)"]
+    assert degenerate(report(0.0, 0.0, ratio=33.9)) == ["generic-text perplexity ratio 33.900 > 1.2"]
 
 
 def test_generic_prompts_file_has_a_held_out_part() -> None:

@@ -37,7 +37,7 @@ from training.metrics import ranking_metrics, target_ranks
 from training.pretrain import batch_order
 from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
 from training.tasks import TaskRunner, nouns, training_examples
-from training.text_tasks import TEXT_TASKS, TextTasks
+from training.text_tasks import TEXT_TASKS, TOP_K, TextTasks
 from training.userllm_setup import (
     build_model,
     frozen_below_split,
@@ -163,6 +163,8 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     if set(cfg.task_list) & set(TEXT_TASKS):  # language tasks: the bare backbone's generic text, once
         generic_train, _ = generic_texts(model.llm, tokenizer, backbone_dir, progress=cfg.progress)
         text = TextTasks(runner, generic_train)
+        if "generic" in cfg.task_list:  # the KL teacher: the untrained LLM, before any resume
+            text.prepare_teacher()
     window = model.config.tower.encoder.window
     pools = build_pools(corpus, cfg.task_list, window, text)
     if not cfg.resume:
@@ -192,6 +194,9 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     log.note(f"fine-tuning {extra_manifest['trainable_parameters']:,} trainable parameters "
              f"({cfg.mode}, {cfg.strategy}) on {', '.join(f'{t} {len(p):,}' for t, p in pools.items())} "
              f"examples, steps {step} -> {total}")  # fmt: skip
+    if text is not None and text.teacher_mass:
+        log.note(f"generic KL: the bare backbone's top {TOP_K} tokens hold {text.teacher_mass:.1%} of its "
+                 f"next-token mass on {len(text.generic)} generic texts")  # fmt: skip
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, loss_count, record = 0.0, 0, {}

@@ -2,7 +2,8 @@
 
 The instructions are `data/generic/prompts.txt` (written for this project). The responses are the bare
 backbone's own (sampled, temperature 0.7, top-p 0.9, one seed per prompt), written once per backbone and
-cached as JSONL under `$USERLLM_CACHE_DIR/generic/` (or `$USERLLM_GENERIC_DIR`; nothing is downloaded).
+cached as JSONL under `$USERLLM_CACHE_DIR/generic/` (or `$USERLLM_GENERIC_DIR`; nothing is downloaded);
+the default backbone's file ships in `data/generic/` (`<backbone id>-<prompts key>.jsonl`).
 Fine-tuning's "generic" task is a KL term that keeps the model's next-token distributions on this
 text, read *with* a user's tokens, equal to the bare backbone's; evaluation reports the perplexity of
 the held-out part with a user's tokens divided by the bare backbone's (1.0 = untouched language).
@@ -30,7 +31,8 @@ from models.userllm import UserLLM
 
 __all__ = ["HELD_OUT", "PROMPTS_FILE", "GenericText", "generic_texts", "load_prompts"]
 
-PROMPTS_FILE = Path(__file__).resolve().parents[1] / "data" / "generic" / "prompts.txt"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "generic"
+PROMPTS_FILE = SHIPPED_DIR / "prompts.txt"
 HELD_OUT = 32  # last instructions of the file: evaluation only
 RESPONSE_TOKENS = 40  # response length cap (tokens)
 SAMPLING = dict(temperature=0.7, top_p=0.9)
@@ -93,6 +95,9 @@ def generic_texts(
     """(train, held_out) generic texts for this backbone, generated on first use and cached."""
     prompts = load_prompts(path)
     cache = _cache_file(backbone_dir, prompts)
+    shipped = SHIPPED_DIR / cache.name  # the default backbone's responses come with the repository
+    if shipped.is_file() and path == PROMPTS_FILE:
+        cache = shipped
     if cache.is_file():
         records = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
     else:

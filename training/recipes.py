@@ -43,6 +43,10 @@ _USERLLM = dict(
 )  # fmt: skip
 # Language tasks beside the scoring tasks (training/text_tasks.py): the generic KL twice per cycle.
 _MULTITASK = "next_item,favourite_category,generic,taste,suggest,generic"
+# ... with next item on 4 steps of 9 (the single-task ML-100K recipe gives it 1,200 steps of batch 32)
+_MULTITASK_NEXT_ITEM = (
+    "next_item,favourite_category,next_item,generic,next_item,taste,next_item,suggest,generic"
+)
 _ML100K = dict(dataset="movielens-100k", path="../shared/data/movielens-100k")
 
 RECIPES: dict[tuple[str, str], Recipe] = {
@@ -54,7 +58,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         Recipe("finetune", "demo",
                "multi-task USER-LLM, ml-latest-small: next item, genre, taste + suggestion text, generic KL",
                dict(_USERLLM, dataset="movielens-latest", tasks=_MULTITASK, steps=600, batch_size=16,
-                    text_batch_size=8, warmup=20, eval_interval=300, save_interval=300, log_interval=50,
+                    text_batch_size=8, warmup=20, eval_interval=600, save_interval=300, log_interval=50,
                     eval_users=200)),
         Recipe("finetune", "demo-next-item", "the scoring-only demo recipe (next item + genre heads)",
                dict(_USERLLM, dataset="movielens-latest", steps=500, batch_size=16, warmup=20,
@@ -65,8 +69,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                dict(_USERLLM, **_ML100K, tasks="next_item", steps=1200, batch_size=32, warmup=50,
                     eval_interval=200, eval_users=0)),
         Recipe("finetune", "ml-100k", "multi-task USER-LLM on ML-100K (scoring + language tasks)",
-               dict(_USERLLM, **_ML100K, tasks=_MULTITASK, steps=1800, batch_size=32, text_batch_size=16,
-                    warmup=50, eval_interval=300, eval_users=0)),
+               dict(_USERLLM, **_ML100K, tasks=_MULTITASK_NEXT_ITEM, steps=2100, batch_size=32,
+                    text_batch_size=16, warmup=50, eval_interval=700, eval_users=0)),
     )
 }  # fmt: skip
 

@@ -1,9 +1,10 @@
 """`python -m training text-check`: does a USER-LLM checkpoint write fluent, personalized text?
 
 Runs the text report of training/text_eval.py on the first `text_users` test users, prints the figures
-and two samples per request (with the user, and cold start), writes `text.json` into `out_dir`, and
-fails (exit code 1) when a fluency target is missed: generic-text perplexity ratio above 1.2, distinct-2
-below 0.6, or any looping or empty sample. `make train-demo` ends with it.
+and two samples per request (with the user, and cold start) and the targets missed, writes `text.json`
+into `out_dir`, and fails (exit code 1) when the personalized text is degenerate: generic-text perplexity
+ratio above 1.2, distinct-2 below 0.6, an empty sample, or more looping samples than the bare backbone
+writes for the same requests (`text_eval.degenerate`). `make train-demo` ends with it.
 
     python -m training text-check --checkpoint=checkpoints/userllm --out_dir=results/demo-text
 """
@@ -67,5 +68,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     (out / "text.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_report(report))  # noqa: T201 - a CLI report
     if report["targets_missed"]:
-        raise CheckFailed("; ".join(report["targets_missed"]))
+        print("targets missed: " + "; ".join(report["targets_missed"]))  # noqa: T201
+    if report["degenerate"]:
+        raise CheckFailed("degenerate text: " + "; ".join(report["degenerate"]))
     return {"checkpoint": cfg.checkpoint, "text_json": str(out / "text.json"), "fluency": report["fluency"]}

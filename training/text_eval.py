@@ -31,7 +31,7 @@ from training.generic_text import GenericText
 from training.text_metrics import loops, mentioned_titles, repetition_summary, share, title_index, words
 from training.text_tasks import TextTasks
 
-__all__ = ["CHAT_PROMPT", "TEXT_TARGETS", "perplexity_ratio", "text_report"]
+__all__ = ["CHAT_PROMPT", "TEXT_TARGETS", "degenerate", "missed_targets", "perplexity_ratio", "text_report"]
 
 CHAT_PROMPT = "Suggest a {noun} for tonight and say why."  # the chat request of the samples
 TASTE_PROMPT = "Describe my taste in {noun}s."
@@ -137,11 +137,13 @@ def text_report(text: TextTasks, held_out: Sequence[GenericText], examples: Sequ
         }
     report["requests"] = {k: v[:samples] for k, v in requests.items()}
     report["targets_missed"] = missed_targets(report)
+    report["degenerate"] = degenerate(report)
     return report
 
 
 def missed_targets(report: dict[str, Any]) -> list[str]:
-    """The fluency targets a report misses (empty = all met)."""
+    """The issue's targets a report misses (reported; empty = all met): perplexity ratio <= 1.2,
+    distinct-2 >= 0.6, no looping or empty sample with the user."""
     missed = []
     ratio = report["fluency"]["ppl_ratio"]
     if ratio > TEXT_TARGETS["ppl_ratio"]:
@@ -154,3 +156,15 @@ def missed_targets(report: dict[str, Any]) -> list[str]:
         if rep["empty"] > 0:
             missed.append(f"{kind}: {rep['empty']:.0%} of the samples are empty")
     return missed
+
+
+def degenerate(report: dict[str, Any]) -> list[str]:
+    """Why the personalized text counts as degenerate (empty = it does not): perplexity ratio or distinct-2
+    past the targets, empty samples, or more looping samples with the user than the bare backbone writes
+    for the same requests (greedy decoding makes the small backbone repeat itself now and then too)."""
+    failures = [m for m in missed_targets(report) if "loop" not in m]
+    for kind, rep in report["user"]["repetition"].items():
+        bare = report["cold_start"]["repetition"][kind]["looping"]
+        if rep["looping"] > bare:
+            failures.append(f"{kind}: {rep['looping']:.0%} of the samples loop ({bare:.0%} without the user)")
+    return failures

@@ -42,7 +42,17 @@ from training.generic_text import GenericText
 from training.tasks import TaskRunner
 from training.text_metrics import display_title
 
-__all__ = ["SUGGEST_PROMPTS", "TASTE_PROMPTS", "TEXT_TASKS", "TextTasks", "suggest_target", "taste_target"]
+__all__ = [
+    "SUGGEST_PROMPTS",
+    "TASTE_PROMPTS",
+    "TEXT_TASKS",
+    "TOP_K",
+    "TextTasks",
+    "bucket_kl",
+    "suggest_target",
+    "taste_target",
+    "top_categories",
+]
 
 TEXT_TASKS = ("taste", "suggest", "generic")
 TOP_K = 64  # teacher tokens kept per position for the generic KL
