@@ -53,12 +53,15 @@ def test_repetition_summary_counts_looping_and_empty_samples() -> None:
 
 
 def test_titles_are_found_in_generated_text() -> None:
-    index = title_index({"1": "Heat (1995)", "2": "Matrix, The (1999)", "3": "Up (2009)", "4": "It (2017)"})
+    index = title_index(
+        {"1": "Heat (1995)", "2": "Matrix, The (1999)", "3": "Up (2009)", "4": "Revenge (1990)"}
+    )
     assert display_title("Matrix, The (1999)") == "The Matrix (1999)"
     assert display_title("Heat (1995)") == "Heat (1995)"
     assert mentioned_titles("Watch The Matrix (1999) tonight, then Heat (1995).", index) == ["2", "1"]
     assert mentioned_titles("the matrix is great", index) == ["2"]  # without the year
-    assert mentioned_titles("Look up, it is late.", index) == []  # short titles never match words
+    assert mentioned_titles("Look up: revenge is late.", index) == []  # one-word titles need their year
+    assert mentioned_titles("Up (2009) and Revenge (1990)", index) == ["3", "4"]
 
 
 def test_targets_read_as_sentences() -> None:

@@ -28,6 +28,12 @@ def _one_thread(one_torch_thread):
     """Training tests run on one thread (fixture in conftest.py)."""
 
 
+@pytest.fixture(autouse=True)
+def _generic_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny backbone's generic responses (USER-LLM evaluation's text report) go to a temp folder."""
+    monkeypatch.setenv("USERLLM_GENERIC_DIR", str(tmp_path_factory.getbasetemp() / "generic-cache"))
+
+
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     real = Path(default_backbone_dir())
@@ -118,7 +124,10 @@ def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, t
         cross_attn_every_n_layers=1, progress=False,
     )  # fmt: skip
     finetune(cfg)
-    result = evaluate(EvalConfig(checkpoint=cfg.out_dir, max_users=12, out_dir=str(tmp_path / "eval")))
+    result = evaluate(
+        EvalConfig(checkpoint=cfg.out_dir, max_users=12, out_dir=str(tmp_path / "eval"), text_users=3)
+    )
+    assert set(result["text"]) >= {"fluency", "user", "cold_start", "targets_missed", "degenerate"}
     ni = result["next_item"]
     assert set(ni) == {"users", "unknown_targets", "all_items", "exclude_history"}
     assert set(ni["all_items"]) == {"recall@1", "recall@5", "recall@10", "ndcg@10"}
@@ -138,12 +147,15 @@ def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path:
     summary = finetune(cfg)
     assert summary["step"] == 2 and "val_review" in summary["last"]
     result = evaluate(
-        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **AMAZON)
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2,
+                   text_users=2, **AMAZON)  # fmt: skip
     )
     assert (
-        set(result["review"]) == {"rouge1", "rougeL", "examples", "samples"}
+        set(result["review"]) == {"rouge1", "rougeL", "repetition", "examples", "samples"}
         and result["review"]["examples"] == 2
     )
+    assert 0.0 <= result["review"]["repetition"]["distinct_2"] <= 1.0
+    assert result["text"]["users"] == 2 and "ppl_ratio" in result["text"]["fluency"]
     assert {"generated", "reference"} <= set(result["review"]["samples"][0])
     assert "next_item" not in result
 
@@ -270,6 +282,7 @@ def test_text_prompt_and_unpersonalised_review_baselines(
     before = encoder_ck.state_dict
     assert all(torch.equal(ck.state_dict[f"tower.encoder.{k}"], v) for k, v in before.items())  # unused
     result = evaluate(
-        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2, **AMAZON)
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2,
+                   text_users=2, **AMAZON)  # fmt: skip
     )
     assert result["review"]["examples"] == 2

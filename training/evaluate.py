@@ -201,8 +201,8 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
         refs = [ex.target.text or "" for ex in chosen]
         samples = [{"user": ex.user, "item": ex.target.item, "generated": p, "reference": r}
                    for ex, p, r in zip(chosen[:5], preds, refs, strict=False)]  # fmt: skip
-        result["review"] = {**rouge(preds, refs), **repetition_summary(preds), "examples": len(chosen),
-                            "samples": samples}  # fmt: skip
+        result["review"] = {**rouge(preds, refs), "repetition": repetition_summary(preds),
+                            "examples": len(chosen), "samples": samples}  # fmt: skip
     if cfg.text_users > 0 and runner.user_input == "embeddings":
         result["text"] = userllm_text_report(runner, examples, cfg.text_users)
     return result

@@ -108,15 +108,16 @@ def display_title(title: str) -> str:
 
 
 def title_index(titles: Mapping[str, str]) -> dict[str, str]:
-    """Normalised title -> item id, in the catalogue's form, as `display_title` writes it, and without
-    the year; only keys of at least two words or six characters (short titles such as "Up" would match
-    ordinary words)."""
+    """Normalised title -> item id: the catalogue's form and `display_title`'s, with the year, and
+    without the year when two words or more remain (one-word titles such as "Up" or "Revenge" would
+    match ordinary words)."""
     index: dict[str, str] = {}
     for item, title in titles.items():
-        for variant in (display_title(title), title, _YEAR.sub("", display_title(title))):
-            key = _normalise(variant)
-            if len(key) >= 6 or len(key.split()) >= 2:
-                index.setdefault(key, item)
+        for variant in (display_title(title), title):
+            index.setdefault(_normalise(variant), item)
+        bare = _normalise(_YEAR.sub("", display_title(title)))
+        if len(bare.split()) >= 2:
+            index.setdefault(bare, item)
     return index
 
 
