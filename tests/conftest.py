@@ -17,6 +17,13 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _generic_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generic responses a test backbone writes (training/generic_text.py) go to the session's temp
+    folder, not to the user's cache."""
+    monkeypatch.setenv("USERLLM_GENERIC_DIR", str(tmp_path_factory.getbasetemp() / "generic-cache"))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared 2-core machine it avoids OpenMP thrashing."""

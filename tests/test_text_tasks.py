@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_fixtures import pretrain_tiny_encoder, write_tiny_backbone
+from training_fixtures import pretrain_tiny_encoder, tiny_backbone_or_skip
 
 from models.checkpoint import load_checkpoint
 from models.generation import SamplingParams
@@ -24,7 +24,7 @@ from training.corpus import load_corpus, vocabs_from_dict
 from training.evaluate import userllm_runner
 from training.finetune import main as finetune
 from training.generic_text import HELD_OUT, generic_texts, load_prompts
-from training.tasks import TaskRunner, default_backbone_dir, training_examples
+from training.tasks import TaskRunner, training_examples
 from training.text_eval import perplexity_ratio
 from training.text_tasks import TextTasks
 from training.userllm_setup import build_model
@@ -39,18 +39,10 @@ def _one_thread(one_torch_thread):
     """Training tests run on one thread (fixture in conftest.py)."""
 
 
-@pytest.fixture(autouse=True)
-def _generic_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("USERLLM_GENERIC_DIR", str(tmp_path_factory.getbasetemp() / "generic-cache"))
-
-
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    real = Path(default_backbone_dir())
-    if not (real / "tokenizer_config.json").is_file():
-        pytest.skip(f"backbone folder {real} not prepared (make backbone)")
     # peaked next-token distributions, like a trained LM's: the generic KL keeps the teacher's top 64
-    return write_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"), real, head_scale=8.0)
+    return tiny_backbone_or_skip(tmp_path_factory.mktemp("tiny-backbone"), head_scale=8.0)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_fixtures import AMAZON, pretrain_tiny_encoder, write_tiny_backbone
+from training_fixtures import AMAZON, pretrain_tiny_encoder, tiny_backbone_or_skip
 
 from models.backbone import backbone_id
 from models.checkpoint import load_checkpoint, load_state_strict
@@ -18,7 +18,6 @@ from models.user_tower import UserTower, UserTowerConfig
 from training.config import EvalConfig, FinetuneConfig
 from training.evaluate import main as evaluate
 from training.finetune import main as finetune
-from training.tasks import default_backbone_dir
 
 pytestmark = pytest.mark.backbone
 
@@ -28,18 +27,9 @@ def _one_thread(one_torch_thread):
     """Training tests run on one thread (fixture in conftest.py)."""
 
 
-@pytest.fixture(autouse=True)
-def _generic_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tiny backbone's generic responses (USER-LLM evaluation's text report) go to a temp folder."""
-    monkeypatch.setenv("USERLLM_GENERIC_DIR", str(tmp_path_factory.getbasetemp() / "generic-cache"))
-
-
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    real = Path(default_backbone_dir())
-    if not (real / "tokenizer_config.json").is_file():
-        pytest.skip(f"backbone folder {real} not prepared (make backbone)")
-    return write_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"), real)
+    return tiny_backbone_or_skip(tmp_path_factory.mktemp("tiny-backbone"))
 
 
 @pytest.fixture(scope="module")

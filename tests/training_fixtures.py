@@ -35,6 +35,18 @@ def write_tiny_backbone(
     return folder
 
 
+def tiny_backbone_or_skip(folder: Path, **kwargs: float) -> Path:
+    """`write_tiny_backbone` with the converted backbone's tokenizer; skips the test without it."""
+    import pytest
+
+    from training.tasks import default_backbone_dir
+
+    real = Path(default_backbone_dir())
+    if not (real / "tokenizer_config.json").is_file():
+        pytest.skip(f"backbone folder {real} not prepared (make backbone)")
+    return write_tiny_backbone(folder, real, **kwargs)  # type: ignore[arg-type]
+
+
 def pretrain_tiny_encoder(root: Path, *, steps: int = 2, **data: str) -> Path:
     """A tiny encoder checkpoint at root/encoder (ml-latest-small, 12 users, unless `data` says otherwise)."""
     pretrain(TrainConfig.tiny(out_dir=str(root / "encoder"), run_dir=str(root / "run"), steps=steps, **data))

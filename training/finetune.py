@@ -1,16 +1,19 @@
-"""Fine-tuning of USER-LLM: pretrained user encoder + Perceiver + LLM on next-item / genre / review.
+"""Fine-tuning of USER-LLM: pretrained user encoder + Perceiver + LLM on next-item / genre / review and
+the language tasks (taste, suggest, generic; training/text_tasks.py).
 
 USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598) Sec. 3-4: the pretrained encoder's outputs are
 compressed to 16 `user_tokens` and contextualize the LLM through gated cross-attention (default) or
-a soft prompt; strategies full / enc / lora / proj choose what trains (models/strategies.py). Tasks
-alternate step by step (step % number of tasks). Validation on the held-out validation events:
-next-item Recall@10 over the full catalogue and genre accuracy; the best validation loss is saved.
+a soft prompt; strategies full / enc / lora / proj choose what trains (models/strategies.py). One task a
+step, in the order of `--tasks` (a task may appear twice in the cycle); the language tasks may use their
+own batch size. Validation on the held-out validation events: next-item Recall@10 over the full catalogue,
+genre accuracy, and the language tasks' losses on the first validation users; the best mean validation
+loss is saved.
 
 Checkpoint (`out_dir`, kind "userllm", the format `models/personalized.py` documents): trainable
 weights + the whole user tower + heads, `config.json` = asdict(UserLLMConfig), manifest with the
 backbone id (content hash) and folder, the encoder's model_version, data hash, git SHA, seed, config.
 
-    python -m training finetune --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
+    python -m training finetune --recipe=demo --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
 """
 
 from __future__ import annotations

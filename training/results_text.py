@@ -19,6 +19,7 @@ PERSONALIZATION = {
     "taste_names_favourite": "taste names fav. genre",
     "chat_names_title": "chat names a title",
     "chat_title_is_next_item": "title = next item",
+    "chat_distinct_titles": "distinct titles / users",
     "chat_title_in_favourite": "title in fav. genre",
 }
 
@@ -66,7 +67,8 @@ def text_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
     for row in rows:
         for side in ("user", "cold_start"):
             pers = row["text"][side]["personalization"]
-            cells = [row["model"], side.replace("_", " "), *(_f(pers[k]) for k in PERSONALIZATION)]
+            values = [_f(pers[k]) if k in pers else "-" for k in PERSONALIZATION]
+            cells = [row["model"], side.replace("_", " "), *values]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "### Generated text: samples", ""]
     for row in rows:

@@ -7,7 +7,8 @@ the user.
   user of the service sends: a chat request ("Suggest a movie for tonight and say why."), a review of
   the held-out item at its rating, and "Describe my taste";
 - personalization: the taste answer names the user's favourite category (first); the suggestion names
-  a catalogue title, the user's held-out next item, and a title of the user's favourite category;
+  a catalogue title, the user's held-out next item, and a title of the user's favourite category, and
+  how many different titles the chat answers name per user (1.0 = a different title for every user);
 - samples: the first five answers of each request, side by side with the cold-start answer.
 
 "cold start" runs the same checkpoint with no user tokens (the bare backbone: the cross-attention blocks
@@ -114,6 +115,7 @@ def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict
                                        for a, f in zip(answers["taste"], favourites, strict=True)),
         "chat_names_title": share(n is not None for n in first_named),
         "chat_title_is_next_item": share(n == t for n, t in zip(first_named, nexts, strict=True)),
+        "chat_distinct_titles": len({n for n in first_named if n is not None}) / max(1, len(examples)),
         "chat_title_in_favourite": share(
             n is not None and f in (catalogue.get(n) or {}).get("categories", [])
             for n, f in zip(first_named, favourites, strict=True)
