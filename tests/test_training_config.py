@@ -113,3 +113,20 @@ def test_seed_everything_repeats_python_numpy_torch() -> None:
     first = draw()
     seed_everything(3)
     assert draw() == first
+
+
+def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> None:
+    from training.cli import COMMANDS
+    from training.recipes import RECIPES, resolve_config
+
+    for (command, name), recipe in RECIPES.items():
+        cfg = resolve_config(command, COMMANDS[command][0](), [f"--recipe={name}"])
+        assert cfg.recipe == name
+        assert all(getattr(cfg, key) == value for key, value in recipe.values.items())
+    cfg = resolve_config("finetune", FinetuneConfig(), ["--recipe=demo", "--steps=7", "--out_dir=x"])
+    assert (cfg.steps, cfg.out_dir, cfg.tasks) == (7, "x", RECIPES[("finetune", "demo")].values["tasks"])
+    assert cfg.task_list.count("generic") == 2  # the KL term twice per cycle
+    with pytest.raises(ConfigError, match="unknown recipe 'nope' for finetune"):
+        resolve_config("finetune", FinetuneConfig(), ["--recipe=nope"])
+    with pytest.raises(ConfigError, match="unknown recipe 'demo-next-item' for pretrain-encoder"):
+        resolve_config("pretrain-encoder", TrainConfig(), ["--recipe=demo-next-item"])
