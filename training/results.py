@@ -149,7 +149,9 @@ def plot_log(log_path: str | Path, out_path: str | Path, title: str) -> Path:
     records = sorted(by_iter.values(), key=lambda r: r["iter"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["iter"] for r in records], [r["loss"] for r in records], label="train loss")
-    vals = [(r["iter"], r["val"]) for r in records if r.get("val") is not None]
+    # validation points: the records of the steps that validated (other records repeat the last value)
+    validated = [r for r in records if any(k.startswith("val_") for k in r)] or records
+    vals = [(r["iter"], r["val"]) for r in validated if r.get("val") is not None]
     if vals:
         ax.plot(*zip(*vals, strict=True), marker="o", label="val loss (held-out event)")
     ax.set_xlabel("step")
