@@ -184,7 +184,8 @@ def stream_generate(
     if bool((penalties > 1).any()):
         vocab = out.logits.shape[-1]
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)  # (B, V)
-        seen.scatter_(1, input_ids.clamp(0, vocab - 1), mask)  # the prompt's real tokens
+        rows_idx, cols = mask.nonzero(as_tuple=True)
+        seen[rows_idx, input_ids[rows_idx, cols]] = True  # the prompt's real tokens
     while True:
         logits = out.logits[:, -1]  # (B, V)
         if seen is not None:

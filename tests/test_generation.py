@@ -72,7 +72,7 @@ def test_batch_of_users_with_left_padding_equals_single_calls(mode: str) -> None
     tokens = user_tokens(4)
     params = [
         SamplingParams(max_new_tokens=6),
-        SamplingParams(max_new_tokens=3),
+        SamplingParams(max_new_tokens=3, repetition_penalty=1.5),  # rows penalise on their own tokens
         SamplingParams(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=11),
         SamplingParams(max_new_tokens=5, temperature=1.2, seed=5),
     ]
@@ -198,3 +198,12 @@ def test_repetition_penalty_lowers_seen_tokens_and_matches_the_served_default() 
     assert GenerateRequest.model_fields["repetition_penalty"].default == SERVED_REPETITION_PENALTY
     with pytest.raises(ValueError, match="repetition_penalty"):
         SamplingParams(repetition_penalty=0.9)
+    llm = tiny_userllm("cross_attention", gates=0.5)  # a strong penalty never repeats a token here
+    ids, mask = left_pad(prompts([3]), pad_token_id=PAD)
+    plain = generate(llm, ids, mask, user_tokens=user_tokens(1), params=SamplingParams(max_new_tokens=12))
+    penalized = generate(
+        llm, ids, mask, user_tokens=user_tokens(1),
+        params=SamplingParams(max_new_tokens=12, repetition_penalty=1e9),
+    )[0]  # fmt: skip
+    assert len(set(penalized)) == len(penalized) and not set(penalized) & set(ids[0].tolist())
+    assert plain[0] != penalized
