@@ -164,7 +164,7 @@ def userllm_runner(ck: Checkpoint, corpus: Corpus) -> TaskRunner:
 
 def userllm_text_report(runner: TaskRunner, examples: Sequence[Example], users: int) -> dict[str, Any]:
     """training/text_eval.py's report on the first `users` examples (the held-out generic text)."""
-    backbone_dir = str(Path(runner.model.llm.backbone.name_or_path))
+    backbone_dir = runner.model.llm.backbone.name_or_path  # the folder the backbone was loaded from
     _, held_out = generic_texts(runner.model.llm, runner.tokenizer, backbone_dir)
     return text_report(TextTasks(runner), held_out, list(examples[:users]))
 

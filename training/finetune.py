@@ -175,7 +175,8 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         if cfg.head_bias_prior:
             init_bias_prior(runner, pools)
     # validate on the classification tasks when there are any (cheap), else on the review loss
-    val_tasks = [t for t in cfg.task_list if t != "review"] or ["review"]  # language tasks included
+    # each task once (the cycle may repeat one); language tasks included
+    val_tasks = list(dict.fromkeys(t for t in cfg.task_list if t != "review")) or ["review"]
     valid = [ex for ex in corpus.splits.valid if val_tasks != ["review"] or ex.target.text]
     valid = valid[: cfg.eval_users or None]
     total = cfg.steps
