@@ -22,7 +22,7 @@ from models.encoder_state import EncoderState, pack_states, pad_packed, unpack_s
 from models.features import collate_events
 from models.user_tower import UserTower, UserTowerConfig
 from service.codec import FeatureCodec
-from service.user_store import StoredEvent
+from service.user_store import CorruptRecord, StoredEvent, verified_array
 
 TOWER_PREFIX = "tower."
 
@@ -106,8 +106,22 @@ class UserTowerRuntime:
         return bool(state_keys) and old == state_keys and len(history) <= self.window
 
     def state_of(self, raw: dict[bytes, bytes] | None) -> tuple[np.ndarray, list[str]] | None:
-        """Decode a stored state hash when it belongs to this model_version."""
-        if not raw or raw.get(b"model_version", b"").decode() != self.model_version:
+        """Decode a stored state hash when it belongs to this model_version; CorruptRecord when it does
+        not verify (the caller recomputes the user in full)."""
+        if not raw or raw.get(b"model_version", b"").decode(errors="replace") != self.model_version:
             return None
-        shape = tuple(json.loads(raw[b"shape"]))
-        return np.frombuffer(bytearray(raw[b"kv"]), dtype=np.float16).reshape(shape), json.loads(raw[b"keys"])
+        keys_b = raw.get(b"keys", b"")
+        kv = verified_array(
+            raw.get(b"kv"), raw.get(b"shape"), raw.get(b"checksum"), self.model_version,
+            keys_b.decode(errors="replace"),
+        )  # fmt: skip
+        try:
+            keys = json.loads(keys_b)
+        except ValueError as exc:
+            raise CorruptRecord("unreadable state keys") from exc
+        enc = self.tower.config.encoder
+        if kv.shape[::2] != (2 * enc.n_layers + 1, enc.d_model) or not isinstance(keys, list) or (
+            len(keys) != kv.shape[1]
+        ):
+            raise CorruptRecord(f"state of shape {kv.shape} does not cover its {len(keys)} event keys")
+        return kv, [str(k) for k in keys]

@@ -140,6 +140,12 @@ class TorchEngine:
             engine.genre_prompt = engine.genre_prompt[-config.prompt_tokens :]
         return engine
 
+    @property
+    def user_token_shape(self) -> tuple[int, int]:
+        """(L, Du) of the user tokens this model reads; cached tokens of another shape are not used."""
+        tower = self.model.config.tower
+        return (tower.num_user_tokens, tower.dim_user)
+
     # --- helpers ---
 
     def _context(self, users: Sequence[UserInput]) -> UserContext | None:

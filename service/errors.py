@@ -44,6 +44,15 @@ class EngineOverloaded(ServiceError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class Backlogged(ServiceError):
+    """The event streams hold more unapplied entries than `max_backlog`: accepting more could lose them."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class EngineUnavailable(ServiceError):
     status_code = 503
 

@@ -1,8 +1,10 @@
 """Gateway (`python -m service.gateway`): the public REST API on 127.0.0.1:8000.
 
-POST /events queues events on Redis Streams (the encoder workers apply them); POST /recommend and
-POST /generate are answered by the generation server (httpx); GET /users/{id} reads Redis.
-/healthz does no I/O; /readyz checks Redis and the generation server; /metrics is Prometheus.
+POST /events queues events on Redis Streams (the encoder workers apply them) unless the streams'
+backlog is past `max_backlog` (503 with Retry-After: never accept what could be lost); POST /recommend
+and POST /generate are answered by the generation server (httpx); GET /users/{id} reads Redis.
+/healthz does no I/O; /readyz checks Redis, the generation server, the workers' heartbeats and the
+backlog; /metrics is Prometheus.
 
 Based on: polar `app.py` (factory + typed lifespan state), the full-stack template's thin routes.
 """
@@ -23,7 +25,14 @@ from prometheus_client import make_asgi_app
 from pydantic import ValidationError
 
 from service import metrics
-from service.errors import EngineUnavailable, StoreUnavailable, UserNotFound, envelope, install_error_handlers
+from service.errors import (
+    Backlogged,
+    EngineUnavailable,
+    StoreUnavailable,
+    UserNotFound,
+    envelope,
+    install_error_handlers,
+)
 from service.generator_client import GeneratorClient, UpstreamError
 from service.keys import Keys
 from service.redis_conn import create_redis
@@ -39,7 +48,7 @@ from service.schemas import (
 )
 from service.serve import serve
 from service.settings import Settings, get_settings
-from service.streams import publish
+from service.streams import backlog, publish
 from service.user_store import read_user_info
 
 log = logging.getLogger("userllm.gateway")
@@ -51,6 +60,10 @@ class State(TypedDict):
     keys: Keys
     generator: GeneratorClient
     catalogue: dict[str, set[str]]  # {"items": ...} once fetched from the generator
+    backlog: list[float]  # [entries waiting, monotonic time read]: re-read at most every BACKLOG_TTL_S
+
+
+BACKLOG_TTL_S = 0.5
 
 
 def create_app(settings: Settings | None = None, generator_transport: Any = None) -> FastAPI:
@@ -75,6 +88,7 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
                 keys=Keys(settings.key_prefix, settings.num_shards),
                 generator=generator,
                 catalogue={},
+                backlog=[0.0, float("-inf")],
             )
         finally:
             await generator.aclose()
@@ -128,22 +142,55 @@ async def known_items(state: State) -> set[str] | None:
     return state["catalogue"]["items"]
 
 
+async def current_backlog(state: State, *, fresh: bool = False) -> int:
+    """Stream entries waiting for workers, read from Redis at most every BACKLOG_TTL_S."""
+    cached = state["backlog"]
+    if fresh or time.monotonic() - cached[1] > BACKLOG_TTL_S:
+        cached[:] = [float(await backlog(state["redis"], state["keys"])), time.monotonic()]
+    return int(cached[0])
+
+
+async def worker_liveness(state: State) -> tuple[list[str], list[str]]:
+    """(live, stopped) worker names: stopped = heart-beat once, key expired, never signed off."""
+    redis, keys = state["redis"], state["keys"]
+    members = await redis.smembers(keys.workers())
+    names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+    beats = await redis.mget([keys.worker(n) for n in names]) if names else []
+    live = [n for n, b in zip(names, beats, strict=True) if b is not None]
+    return live, [n for n in names if n not in live]
+
+
 def _routes(app: FastAPI) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz(state: StateDep) -> dict[str, str]:
+    async def readyz(state: StateDep) -> dict[str, Any]:
+        settings = state["settings"]
         try:
             await state["redis"].ping()
+            live, stopped = await worker_liveness(state)
+            waiting = await current_backlog(state, fresh=True)
         except Exception as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
         try:
             ready = await state["generator"].get("/readyz")
         except UpstreamError as exc:
             raise EngineUnavailable(f"generation server not ready: {exc.message}") from exc
-        return {"status": "ready", "model_version": str(ready.get("model_version"))}
+        if len(live) < settings.min_workers:
+            raise EngineUnavailable(
+                f"{len(live)} encoder workers heart-beating, {settings.min_workers} required"
+                + (f"; stopped: {', '.join(stopped)}" if stopped else "")
+            )
+        if waiting > settings.max_backlog:
+            raise Backlogged(f"{waiting} events wait for the workers (max_backlog {settings.max_backlog})")
+        return {
+            "status": "ready",
+            "model_version": str(ready.get("model_version")),
+            "workers": {"live": live, "stopped": stopped},
+            "backlog": waiting,
+        }
 
     @app.post("/events", status_code=202, response_model=EventsAccepted, tags=["events"])
     async def post_events(
@@ -153,12 +200,21 @@ def _routes(app: FastAPI) -> None:
         events = parse_events(body)
         items = await known_items(state)
         unknown = None if items is None else sum(e.item_id not in items for e in events)
+        limit = state["settings"].max_backlog
         try:
-            queued, duplicates = await publish(
-                state["redis"], state["keys"], events, maxlen=state["settings"].stream_maxlen
-            )
+            waiting = await current_backlog(state)
+            if waiting + len(events) > limit:
+                waiting = await current_backlog(state, fresh=True)
+            if waiting + len(events) > limit:
+                raise Backlogged(
+                    f"{waiting} events wait for the encoder workers (max_backlog {limit}); retry later"
+                )
+            queued, duplicates = await publish(state["redis"], state["keys"], events)
+        except Backlogged:
+            raise
         except Exception as exc:
             raise StoreUnavailable(f"could not queue events: {exc}") from exc
+        state["backlog"][0] += queued
         metrics.EVENTS_ACCEPTED.inc(queued)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         metrics.UNKNOWN_ITEMS.labels("gateway").inc(unknown or 0)

@@ -1,7 +1,8 @@
 """Generation server (`python -m service.generator`): USER-LLM behind /v1/recommend and /v1/generate.
 
-Reads user tokens from Redis; tokens of another `model_version` are never used (the user's stored
-history is re-encoded instead); users with no events get a non-personalized answer. Concurrent
+Reads user tokens from Redis; tokens of another `model_version`, of another shape or that fail their
+checksum are never used (the user's stored history is re-encoded instead and written back); users
+with no events get a non-personalized answer. Concurrent
 requests are batched (`MicroBatcher`) and run off the event loop. CUDA when present, else CPU.
 
 Based on: vLLM `entrypoints/openai/api_server.py` (engine built in the lifespan, 503 when it is dead),
@@ -41,6 +42,7 @@ from service.serve import serve
 from service.settings import Settings, get_settings
 from service.sse import sse
 from service.user_store import (
+    CorruptRecord,
     StoredEvent,
     UserUpdate,
     read_seen_items,
@@ -125,15 +127,23 @@ StateDep = Annotated[State, Depends(get_state)]
 async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | None]:
     """Cached user tokens of the loaded model_version, else recomputed from history, else cold start."""
     engine = state["engine"]
-    cached = await read_tokens(state["redis"], state["keys"], user_id)
+    try:
+        cached = await read_tokens(state["redis"], state["keys"], user_id)
+        reason = "missing" if cached is None else "model_version"
+    except CorruptRecord as exc:  # never served: recomputed from the history below and written back
+        log.warning("user %s: cached tokens fail their check (%s); recomputing", user_id, exc)
+        metrics.CORRUPT_RECORDS.labels("generator", "user_tokens").inc()
+        cached, reason = None, "corrupt"
     if cached is not None and cached.model_version == engine.model_version:
-        metrics.CACHE_HITS.inc()
-        return UserInput(cached.user_tokens), cached.updated_at
+        if cached.user_tokens.shape == engine.user_token_shape:
+            metrics.CACHE_HITS.inc()
+            return UserInput(cached.user_tokens), cached.updated_at
+        reason = "shape"  # same version, other shape: written by something else than this model
     record = (await read_users(state["redis"], state["keys"], [user_id]))[user_id]
     if not record.events:
         metrics.CACHE_MISSES.labels("no_events").inc()
         return UserInput(None), None
-    metrics.CACHE_MISSES.labels("model_version" if cached is not None else "missing").inc()
+    metrics.CACHE_MISSES.labels(reason).inc()
     encoded = await state["encoder"].submit(record.events)
     # Write the recomputed tokens back (compare-and-set: a worker's concurrent update wins), so an
     # inactive user is re-encoded once after a model roll-out, not on every request.

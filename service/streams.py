@@ -1,10 +1,14 @@
 """Event ingestion through Redis Streams, sharded by user, consumed by groups of encoder workers.
 
 Producer: `publish()` XADDs each event to its user's shard stream (one pipeline). Client `event_id`s
-are de-duplicated with `SET NX EX` before queuing. Consumer helpers wrap XREADGROUP (new and own
-pending entries) and XAUTOCLAIM (entries of dead consumers). Requires Redis >= 6.2.
+are de-duplicated per user with `SET NX EX` before queuing. Streams are never capped at XADD time (an
+approximate MAXLEN would trim entries no worker has read): `backlog()` tells the gateway how many
+entries wait, so it can refuse new ones past a limit, and `trim_acknowledged()` removes only entries
+below every group's last-delivered and pending ids. Consumer helpers wrap XREADGROUP (new and own
+pending entries) and XAUTOCLAIM (entries of dead consumers). Requires Redis >= 7.0 (group `lag`).
 
-Based on: redis-py streams docs and the Redis Streams introduction (consumer groups, XAUTOCLAIM).
+Based on: redis-py streams docs and the Redis Streams introduction (consumer groups, XAUTOCLAIM,
+XTRIM MINID, XINFO GROUPS).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from service.keys import GROUP, Keys
 from service.schemas import EventIn
 
 DEDUP_TTL_S = 7 * 24 * 3600
+DEADLETTER_MAXLEN = 100_000  # the dead-letter stream is for inspection; its oldest entries go first
 
 
 @dataclass(frozen=True)
@@ -86,17 +91,16 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes] 
         return StreamEvent(eid, stream, "", "", 0.0, "", None, None, None, error=reason, raw=raw)
 
 
-async def publish(
-    redis: aioredis.Redis, keys: Keys, events: Sequence[EventIn], *, maxlen: int
-) -> tuple[int, int]:
-    """Queue events; returns (queued, duplicates). Duplicates: an `event_id` seen in the last week."""
+async def publish(redis: aioredis.Redis, keys: Keys, events: Sequence[EventIn]) -> tuple[int, int]:
+    """Queue events; returns (queued, duplicates). Duplicates: an `event_id` of the same user seen in
+    the last week."""
     fresh = list(events)
     duplicates = 0
     with_ids = [e for e in events if e.event_id]
     if with_ids:
         pipe = redis.pipeline(transaction=False)
         for e in with_ids:
-            pipe.set(keys.dedup(str(e.event_id)), b"1", nx=True, ex=DEDUP_TTL_S)
+            pipe.set(keys.dedup(e.user_id, str(e.event_id)), b"1", nx=True, ex=DEDUP_TTL_S)
         claimed = dict(zip([id(e) for e in with_ids], await pipe.execute(), strict=True))
         fresh = [e for e in events if not e.event_id or claimed[id(e)]]
         duplicates = len(events) - len(fresh)
@@ -104,12 +108,12 @@ async def publish(
         return 0, duplicates
     pipe = redis.pipeline(transaction=False)
     for e in fresh:
-        pipe.xadd(keys.stream(keys.shard_of(e.user_id)), _fields(e), maxlen=maxlen, approximate=True)
+        pipe.xadd(keys.stream(keys.shard_of(e.user_id)), _fields(e))
     try:
         await pipe.execute()
     except Exception:
         # Release the idempotency keys so that the client's retry is not taken for a duplicate.
-        ids = [keys.dedup(str(e.event_id)) for e in fresh if e.event_id]
+        ids = [keys.dedup(e.user_id, str(e.event_id)) for e in fresh if e.event_id]
         if ids:
             await redis.delete(*ids)
         raise
@@ -170,18 +174,112 @@ async def claim_stale(
     return out
 
 
-async def dead_letter(redis: aioredis.Redis, keys: Keys, events: Sequence[StreamEvent]) -> None:
-    """Keep undecodable entries (with the reason) in `deadletter` for inspection; never drop silently."""
+def _entry_fields(e: StreamEvent) -> dict[str, str]:
+    if e.raw is not None:
+        return e.raw
+    return {
+        "u": e.user_id, "i": e.item_id, "t": repr(e.timestamp), "y": e.event_type,
+        "r": "" if e.rating is None else repr(e.rating), "x": e.text or "", "e": e.event_id or "",
+    }  # fmt: skip
+
+
+async def dead_letter(
+    redis: aioredis.Redis, keys: Keys, events: Sequence[StreamEvent], reason: str | None = None
+) -> None:
+    """Keep entries that cannot be applied (undecodable, or their user's update failed: `reason`) in
+    `deadletter` with the reason and their fields, for inspection and replay; never drop silently."""
     pipe = redis.pipeline(transaction=False)
     for e in events:
         entry = {
+            "kind": "stream_entry",
             "stream": e.stream,
             "entry_id": e.entry_id,
-            "error": e.error or "",
-            "fields": json.dumps(e.raw),
+            "error": reason or e.error or "",
+            "fields": json.dumps(_entry_fields(e)),
         }
-        pipe.xadd(keys.deadletter(), entry, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+        pipe.xadd(keys.deadletter(), entry, maxlen=DEADLETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
     await pipe.execute()
+
+
+async def dead_letter_stored(
+    redis: aioredis.Redis, keys: Keys, user_id: str, stored: Sequence[tuple[str, bytes, str]]
+) -> None:
+    """Keep a user's stored events that cannot be decoded (key, raw value, reason) in `deadletter`."""
+    pipe = redis.pipeline(transaction=False)
+    for key, raw, reason in stored:
+        entry = {
+            "kind": "stored_event",
+            "user_id": user_id,
+            "key": key,
+            "error": reason,
+            "fields": raw.decode("utf-8", errors="replace"),
+        }
+        pipe.xadd(keys.deadletter(), entry, maxlen=DEADLETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+    await pipe.execute()
+
+
+async def backlog(redis: aioredis.Redis, keys: Keys) -> int:
+    """Entries waiting for the `encoders` group over all shards: not yet delivered (`lag`) plus
+    delivered and not acknowledged (`pending`). A shard whose group does not exist yet, or whose lag
+    Redis cannot tell, counts its whole length (an over-estimate)."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in keys.streams():
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+    replies = await pipe.execute(raise_on_error=False)
+    total = 0
+    for groups, length in zip(replies[0::2], replies[1::2], strict=True):
+        if isinstance(length, Exception):
+            raise length
+        group = None if isinstance(groups, Exception) else _group_info(groups)
+        if group is None:
+            total += int(length)
+            continue
+        lag = group.get("lag")  # None when Redis cannot tell (entries deleted in between): the length
+        total += int(length) if lag is None else int(group.get("pending") or 0) + int(lag)
+    return total
+
+
+def _group_info(groups: Any) -> dict[str, Any] | None:
+    for g in groups or []:
+        name = g.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == GROUP:
+            return {k if isinstance(k, str) else k.decode(): v for k, v in g.items()}
+    return None
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+async def trim_acknowledged(redis: aioredis.Redis, keys: Keys) -> int:
+    """XTRIM each shard below the oldest entry the group still needs; returns entries removed.
+
+    The group's last-delivered id is read *before* its pending summary: an entry delivered after the
+    first read has a larger id, and one delivered before it is either acknowledged or in the summary.
+    So nothing unread or unacknowledged is trimmed (approximate MINID trims at most that much).
+    """
+    removed = 0
+    for stream in keys.streams():
+        try:
+            group = _group_info(await redis.xinfo_groups(stream))
+        except ResponseError:  # no stream yet
+            continue
+        if group is None:
+            continue
+        last = group["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else str(last)
+        if last == "0-0":
+            continue
+        summary = await redis.xpending(stream, GROUP)
+        floor = _next_id(last)
+        if summary["pending"]:
+            oldest = summary["min"]
+            oldest = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+            floor = min(floor, oldest, key=lambda i: tuple(int(x) for x in i.split("-")))
+        removed += int(await redis.xtrim(stream, minid=floor, approximate=True))
+    return removed
 
 
 async def ack(redis: aioredis.Redis, events: Sequence[StreamEvent]) -> None:

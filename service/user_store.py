@@ -6,13 +6,20 @@ read the user's record and its revision, compute, then write with a Lua script t
 if the revision is unchanged (else the worker re-reads and recomputes). Events are keyed (client
 `event_id`, else the stream entry id) and stored in a sorted set, so re-applying an event after a
 crash between write and XACK changes nothing: every event is applied exactly once.
+
+Integrity: user tokens and encoder state are stored with their shape, dtype, `model_version` and a
+checksum over all of them (`checksum`); a stored value that does not verify raises `CorruptRecord`
+on read (serving recomputes the user from history) and a stored event that does not decode is
+reported in `UserRecord.corrupt` (the worker moves it to the dead-letter stream), never served.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -43,7 +50,7 @@ if u.state == cjson.null then
   redis.call('DEL', KEYS[4])
 else
   redis.call('HSET', KEYS[4], 'kv', ARGV[4], 'shape', u.state.shape, 'keys', u.state.keys,
-             'model_version', u.state.model_version)
+             'model_version', u.state.model_version, 'checksum', u.state.checksum)
 end
 if u.n_new > 0 then
   redis.call('HINCRBY', KEYS[5], 'n_events', u.n_new)
@@ -53,6 +60,38 @@ end
 for _, item in ipairs(u.new_items) do redis.call('SADD', KEYS[6], item) end
 return 1
 """
+
+
+class CorruptRecord(ValueError):
+    """A stored value that does not decode or does not verify against its checksum."""
+
+
+def checksum(data: bytes, *meta: str) -> str:
+    """BLAKE2b-64 over the bytes and their metadata (shape, dtype, model_version, ...)."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in meta:
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(data)
+    return h.hexdigest()
+
+
+def verified_array(
+    data: bytes | None, shape: bytes | None, stored_sum: bytes | None, *meta: str
+) -> np.ndarray:
+    """fp16 array from stored bytes + JSON shape after checking size and checksum; else CorruptRecord."""
+    if data is None or shape is None:
+        raise CorruptRecord("bytes or shape missing")
+    try:
+        dims = tuple(int(d) for d in json.loads(shape))
+    except (ValueError, TypeError) as exc:
+        raise CorruptRecord(f"unreadable shape {shape[:40]!r}") from exc
+    if any(d < 0 for d in dims) or math.prod(dims) * 2 != len(data):
+        raise CorruptRecord(f"{len(data)} bytes do not hold a float16 array of shape {dims}")
+    expected = checksum(data, shape.decode(errors="replace"), "float16", *meta)
+    if stored_sum is None or stored_sum.decode(errors="replace") != expected:
+        raise CorruptRecord("checksum mismatch")
+    return np.frombuffer(bytearray(data), dtype=np.float16).reshape(dims)
 
 
 @dataclass(frozen=True)
@@ -71,7 +110,22 @@ class StoredEvent:
 
     @classmethod
     def unpack(cls, key: str, packed: bytes | str) -> StoredEvent:
-        item, ts, etype, rating, text = json.loads(packed)
+        """Decode a stored event; CorruptRecord when it is not what `pack` writes."""
+        try:
+            item, ts, etype, rating, text = json.loads(packed)
+        except (ValueError, TypeError) as exc:  # bad JSON or UTF-8, not a 5-list
+            raise CorruptRecord(f"not a packed event: {exc}") from exc
+        number = (int, float)
+        if (
+            not isinstance(item, str | int)
+            or isinstance(ts, bool)
+            or not isinstance(ts, number)
+            or not math.isfinite(ts)
+            or not isinstance(etype, str)
+            or not (rating is None or (isinstance(rating, number) and not isinstance(rating, bool)))
+            or not (text is None or isinstance(text, str))
+        ):
+            raise CorruptRecord("a packed event field has the wrong type")
         return cls(key, str(item), float(ts), etype, rating, text)
 
     def pack(self) -> str:
@@ -89,6 +143,7 @@ class UserRecord:
     events: list[StoredEvent]  # time-ordered, at most `history_keep`
     state: dict[bytes, bytes] | None  # raw `state` hash or None
     emb_model_version: str | None
+    corrupt: list[tuple[str, bytes, str]] = field(default_factory=list)  # (key, raw, reason) not decoded
 
 
 def _s(value: bytes | None) -> str | None:
@@ -105,9 +160,20 @@ async def read_users(redis: aioredis.Redis, keys: Keys, user_ids: list[str]) -> 
     out = {}
     for i, u in enumerate(user_ids):
         (rev, version), evt, state = replies[3 * i : 3 * i + 3]
-        events = sorted((StoredEvent.unpack(k.decode(), v) for k, v in evt.items()), key=lambda e: e.order)
-        out[u] = UserRecord(u, _s(rev) or "", events, state or None, _s(version))
+        events, corrupt = _decode_events(evt)
+        out[u] = UserRecord(u, _s(rev) or "", events, state or None, _s(version), corrupt)
     return out
+
+
+def _decode_events(evt: dict[bytes, bytes]) -> tuple[list[StoredEvent], list[tuple[str, bytes, str]]]:
+    events, corrupt = [], []
+    for k, v in evt.items():
+        key = k.decode(errors="replace")
+        try:
+            events.append(StoredEvent.unpack(key, v))
+        except CorruptRecord as exc:
+            corrupt.append((key, v, str(exc)))
+    return sorted(events, key=lambda e: e.order), corrupt
 
 
 @dataclass
@@ -133,11 +199,17 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
     now = time.time()
     for up in updates:
         u = up.user_id
+        tokens = up.user_tokens.astype(np.float16).tobytes()
+        tokens_shape = json.dumps(list(up.user_tokens.shape))
+        state_kv = b"" if up.state_kv is None else up.state_kv.astype(np.float16).tobytes()
+        state_shape = "" if up.state_kv is None else json.dumps(list(up.state_kv.shape))
+        state_keys = json.dumps(up.state_keys)
         payload: dict[str, Any] = {
             "add": [[e.key, e.timestamp, e.pack()] for e in up.add],
             "drop": up.drop,
             "emb": {
-                "shape": json.dumps(list(up.user_tokens.shape)),
+                "shape": tokens_shape,
+                "checksum": checksum(tokens, tokens_shape, "float16", up.model_version),
                 "dtype": "float16",
                 "model_version": up.model_version,
                 "updated_at": repr(now),
@@ -147,9 +219,10 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             "state": None
             if up.state_kv is None
             else {
-                "shape": json.dumps(list(up.state_kv.shape)),
-                "keys": json.dumps(up.state_keys),
+                "shape": state_shape,
+                "keys": state_keys,
                 "model_version": up.model_version,
+                "checksum": checksum(state_kv, state_shape, "float16", up.model_version, state_keys),
             },
             "n_new": len(up.add),
             "n_unknown": up.n_unknown,
@@ -159,8 +232,8 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
         argv: list[bytes | str] = [
             up.expected_rev,
             json.dumps(payload),
-            up.user_tokens.astype(np.float16).tobytes(),
-            b"" if up.state_kv is None else up.state_kv.astype(np.float16).tobytes(),
+            tokens,
+            state_kv,
         ]
         await script(
             keys=[keys.hist(u), keys.evt(u), keys.emb(u), keys.state(u), keys.seen(u), keys.items(u)],
@@ -183,18 +256,25 @@ class CachedTokens:
 
 
 async def read_tokens(redis: aioredis.Redis, keys: Keys, user_id: str) -> CachedTokens | None:
-    fields = ["user_tokens", "shape", "model_version", "updated_at", "n_events"]
+    """The user's cached tokens; None when there are none; CorruptRecord when they do not verify."""
+    fields = ["user_tokens", "shape", "model_version", "updated_at", "n_events", "checksum"]
     raw = cast(list[bytes | None], await redis.hmget(keys.emb(user_id), fields))
-    tokens_b, shape_b, version, updated, n_events = raw
-    if tokens_b is None or shape_b is None or version is None:
+    tokens_b, shape_b, version, updated, n_events, stored_sum = raw
+    if tokens_b is None and shape_b is None and version is None:
         return None
-    tokens = np.frombuffer(tokens_b, dtype=np.float16).reshape(tuple(json.loads(shape_b)))
-    return CachedTokens(tokens, version.decode(), float(updated or 0), int(n_events or 0))
+    if version is None:
+        raise CorruptRecord("model_version missing")
+    tokens = verified_array(tokens_b, shape_b, stored_sum, version.decode(errors="replace"))
+    try:
+        return CachedTokens(tokens, version.decode(), float(updated or 0), int(n_events or 0))
+    except ValueError as exc:
+        raise CorruptRecord(f"unreadable metadata: {exc}") from exc
 
 
 async def read_history(redis: aioredis.Redis, keys: Keys, user_id: str) -> list[StoredEvent]:
+    """The user's decodable stored events, time-ordered."""
     evt = cast(dict[bytes, bytes], await redis.hgetall(keys.evt(user_id)))
-    return sorted((StoredEvent.unpack(k.decode(), v) for k, v in evt.items()), key=lambda e: e.order)
+    return _decode_events(evt)[0]
 
 
 async def read_seen_items(redis: aioredis.Redis, keys: Keys, user_id: str) -> set[str]:

@@ -6,11 +6,19 @@ the last `window` events), writes user tokens + state with compare-and-set, and 
 entries only after the write. On start it re-processes its own pending entries; every
 `claim_idle_ms` it claims entries a dead worker left pending (XAUTOCLAIM). Re-applying an entry is a
 no-op (events are keyed), so a crash between write and XACK applies nothing twice.
+
+Nothing stops it but a signal: a Redis outage is waited out with exponential backoff (then its own
+pending entries are re-processed first); an entry that cannot be decoded, a stored event that cannot
+be decoded, and the entries of a user whose update raises go to the dead-letter stream with the
+reason (counted in `userllm_worker_events_total{outcome="dead_letter"}`) and the rest of the batch is
+applied. It heart-beats (`Keys.worker`, with a TTL) so the gateway's /readyz can report a stopped
+worker, and trims stream entries every group has acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,6 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
 from service.encoding import Encoded, UserTowerRuntime
@@ -29,14 +40,18 @@ from service.streams import (
     ack,
     claim_stale,
     dead_letter,
+    dead_letter_stored,
     ensure_groups,
     read_new,
     read_own_pending,
+    trim_acknowledged,
 )
-from service.user_store import StoredEvent, UserRecord, UserUpdate, read_users, write_updates
+from service.user_store import CorruptRecord, StoredEvent, UserRecord, UserUpdate, read_users, write_updates
 
 log = logging.getLogger("userllm.worker")
 MAX_CAS_ATTEMPTS = 8
+# Redis unreachable, timing out or still loading its data after a restart: wait and retry.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass
@@ -66,12 +81,20 @@ class EncoderWorker:
         batch: int = 256,
         block_ms: int = 500,
         claim_idle_ms: int = 30_000,
+        heartbeat_ttl_s: float = 10.0,
+        trim_interval_s: float = 10.0,
+        max_backoff_s: float = 5.0,
     ):
         self.redis, self.keys, self.runtime, self.consumer = redis, keys, runtime, consumer
         self.history_keep = history_keep  # events kept per user in Redis
         self.batch = batch  # stream entries per read
         self.block_ms = block_ms  # XREADGROUP block time
         self.claim_idle_ms = claim_idle_ms  # pending entries idle this long are claimed from others
+        self.heartbeat_ttl_s = heartbeat_ttl_s  # the heartbeat key expires this long after the last beat
+        self.trim_interval_s = trim_interval_s  # how often acknowledged stream entries are trimmed
+        self.max_backoff_s = max_backoff_s  # longest wait between retries while Redis is down
+        self.started_at = time.time()
+        self.applied = 0  # events applied since start (reported in the heartbeat)
 
     # --- planning (pure, CPU) ---
 
@@ -81,7 +104,7 @@ class EncoderWorker:
         for e in events:
             if e.key not in known:
                 fresh.setdefault(e.key, _stored(e))
-        if not fresh and record.emb_model_version == self.runtime.model_version:
+        if not fresh and not record.corrupt and record.emb_model_version == self.runtime.model_version:
             return None  # only re-deliveries of applied events: nothing to do
         merged = sorted([*record.events, *fresh.values()], key=lambda e: e.order)
         history = merged[-self.history_keep :]
@@ -89,7 +112,7 @@ class EncoderWorker:
         return _Plan(
             record=record,
             add=[e for e in fresh.values() if e.key in kept],
-            drop=[e.key for e in record.events if e.key not in kept],
+            drop=[e.key for e in record.events if e.key not in kept] + [c[0] for c in record.corrupt],
             history=history,
             n_unknown=sum(not self.runtime.codec.known(e.item_id) for e in fresh.values()),
         )
@@ -98,7 +121,12 @@ class EncoderWorker:
         """Batch the incremental users together and the full recomputes together."""
         incremental, full = [], []
         for i, p in enumerate(plans):
-            state = self.runtime.state_of(p.record.state)
+            try:
+                state = self.runtime.state_of(p.record.state)
+            except CorruptRecord as exc:
+                log.warning("user %s: stored state fails its check (%s); recomputed", p.record.user_id, exc)
+                metrics.CORRUPT_RECORDS.labels("worker", "state").inc()
+                state = None
             n_new = len(p.add)
             tail_is_new = n_new > 0 and {e.key for e in p.history[-n_new:]} == {e.key for e in p.add}
             if state is not None and tail_is_new and self.runtime.can_extend(state[1], p.history, n_new):
@@ -137,7 +165,11 @@ class EncoderWorker:
     # --- one micro-batch ---
 
     async def process(self, events: Sequence[StreamEvent]) -> int:
-        """Apply a micro-batch and acknowledge it; returns the number of users updated."""
+        """Apply a micro-batch and acknowledge it; returns the number of users updated.
+
+        Redis errors propagate (the entries stay pending and are re-processed after the outage); any
+        other error is confined to the users whose update raises, whose entries are dead-lettered.
+        """
         if not events:
             return 0
         start = time.perf_counter()
@@ -155,54 +187,156 @@ class EncoderWorker:
         for e in events:
             if e.error is None:
                 by_user.setdefault(e.user_id, []).append(e)
-        pending, updated = dict(by_user), 0
-        for _ in range(MAX_CAS_ATTEMPTS):
-            records = await read_users(self.redis, self.keys, list(pending))
-            plans = [p for u in pending if (p := self._plan(records[u], pending[u])) is not None]
-            if not plans:
-                break
-            updates = [self._update(p, e) for p, e in zip(plans, self._encode(plans), strict=True)]
-            applied = await write_updates(self.redis, self.keys, updates)
-            for up, ok in zip(updates, applied, strict=True):
-                if ok:
-                    updated += 1
-                    metrics.WORKER_EVENTS.labels("applied").inc(len(up.add))
-                    metrics.UNKNOWN_ITEMS.labels("worker").inc(up.n_unknown)
-                    pending.pop(up.user_id)
-            if not any(not ok for ok in applied):
-                break
-            metrics.WORKER_EVENTS.labels("cas_retry").inc()
-        else:
-            raise RuntimeError(
-                f"users {sorted(pending)[:5]} kept changing under this worker; not acknowledged"
-            )
-        await ack(self.redis, events)
+        try:
+            updated, unapplied = await self._apply(by_user)
+        except REDIS_DOWN:
+            raise
+        except Exception:
+            log.exception("a micro-batch of %d users failed; applying its users one by one", len(by_user))
+            updated, unapplied = await self._apply_each(by_user)
+        if unapplied:  # left pending: XAUTOCLAIM hands them to a worker again after `claim_idle_ms`
+            log.warning("users %s kept changing under this worker; retried later", sorted(unapplied)[:5])
+        await ack(self.redis, [e for e in events if e.error is not None or e.user_id not in unapplied])
         now = time.time()
         for e in events:
             metrics.STREAM_LAG.observe(max(0.0, now - int(e.entry_id.split("-")[0]) / 1000))
         metrics.WORKER_BATCH_SECONDS.observe(time.perf_counter() - start)
         return updated
 
+    async def _apply_each(self, by_user: dict[str, list[StreamEvent]]) -> tuple[int, set[str]]:
+        updated, unapplied = 0, set()
+        for user, user_events in by_user.items():
+            try:
+                n, left = await self._apply({user: user_events})
+            except REDIS_DOWN:
+                raise
+            except Exception as exc:
+                reason = f"update of user {user!r} failed: {type(exc).__name__}: {exc}"
+                log.exception("dead-lettering %d entries: %s", len(user_events), reason)
+                await dead_letter(self.redis, self.keys, user_events, reason=reason)
+                metrics.WORKER_EVENTS.labels("dead_letter").inc(len(user_events))
+                continue
+            updated += n
+            unapplied |= left
+        return updated, unapplied
+
+    async def _apply(self, by_user: dict[str, list[StreamEvent]]) -> tuple[int, set[str]]:
+        """Plan, encode and compare-and-set the users' updates; returns (users updated, users that kept
+        changing under this worker for MAX_CAS_ATTEMPTS rounds)."""
+        pending, updated, reported = dict(by_user), 0, set()
+        for _ in range(MAX_CAS_ATTEMPTS):
+            records = await read_users(self.redis, self.keys, list(pending))
+            for u, record in records.items():
+                if record.corrupt and u not in reported:
+                    reported.add(u)
+                    await self._dead_letter_stored(record)
+            plans = [p for u in pending if (p := self._plan(records[u], pending[u])) is not None]
+            if not plans:
+                return updated, set()
+            updates = [self._update(p, e) for p, e in zip(plans, self._encode(plans), strict=True)]
+            applied = await write_updates(self.redis, self.keys, updates)
+            for up, ok in zip(updates, applied, strict=True):
+                if ok:
+                    updated += 1
+                    self.applied += len(up.add)
+                    metrics.WORKER_EVENTS.labels("applied").inc(len(up.add))
+                    metrics.UNKNOWN_ITEMS.labels("worker").inc(up.n_unknown)
+                    pending.pop(up.user_id)
+            if all(applied):
+                return updated, set()
+            metrics.WORKER_EVENTS.labels("cas_retry").inc()
+        return updated, set(pending)
+
+    async def _dead_letter_stored(self, record: UserRecord) -> None:
+        log.error(
+            "user %s: %d stored events do not decode (e.g. %s: %s); moved to the dead-letter stream",
+            record.user_id, len(record.corrupt), record.corrupt[0][0], record.corrupt[0][2],
+        )  # fmt: skip
+        await dead_letter_stored(self.redis, self.keys, record.user_id, record.corrupt)
+        metrics.CORRUPT_RECORDS.labels("worker", "stored_event").inc(len(record.corrupt))
+        metrics.WORKER_EVENTS.labels("dead_letter").inc(len(record.corrupt))
+
+    # --- liveness ---
+
+    async def heartbeat(self) -> None:
+        """Refresh this worker's heartbeat key (expires after `heartbeat_ttl_s`)."""
+        beat = {
+            "pid": os.getpid(),
+            "model_version": self.runtime.model_version,
+            "started_at": self.started_at,
+            "beat_at": time.time(),
+            "events_applied": self.applied,
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.worker(self.consumer), json.dumps(beat), px=int(self.heartbeat_ttl_s * 1000))
+        pipe.sadd(self.keys.workers(), self.consumer)
+        await pipe.execute()
+
+    async def sign_off(self) -> None:
+        """A clean stop: the worker is no longer expected (not reported as stopped)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.worker(self.consumer))
+        pipe.srem(self.keys.workers(), self.consumer)
+        await pipe.execute()
+
     # --- loop ---
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def _recover(self) -> None:
+        """(Re-)create the groups, then apply this consumer's pending entries before new ones."""
         await ensure_groups(self.redis, self.keys)
+        seen: set[str] = set()
         while batch := await read_own_pending(self.redis, self.keys, self.consumer, count=self.batch):
+            if {e.entry_id for e in batch} <= seen:
+                break  # what is left stays pending (users that kept changing): claimed again later
+            seen |= {e.entry_id for e in batch}
             log.info("re-processing %d pending entries of %s", len(batch), self.consumer)
             await self.process(batch)
-        last_claim = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set: heartbeat, claim stale entries, trim, apply new entries; wait out Redis
+        outages with exponential backoff."""
+        recovering, backoff = True, 0.0
+        last_claim = last_beat = last_trim = 0.0
         while not stop.is_set():
-            if time.monotonic() - last_claim > self.claim_idle_ms / 2000:
-                last_claim = time.monotonic()
-                claimed = await claim_stale(
-                    self.redis, self.keys, self.consumer, min_idle_ms=self.claim_idle_ms, count=self.batch
+            try:
+                if recovering:
+                    await self._recover()
+                    if backoff:
+                        log.info("redis is back; worker %s resumed", self.consumer)
+                    recovering, backoff = False, 0.0
+                now = time.monotonic()
+                if now - last_beat > min(1.0, self.heartbeat_ttl_s / 3):
+                    last_beat = now
+                    await self.heartbeat()
+                if now - last_claim > self.claim_idle_ms / 2000:
+                    last_claim = now
+                    claimed = await claim_stale(
+                        self.redis, self.keys, self.consumer, min_idle_ms=self.claim_idle_ms, count=self.batch
+                    )
+                    if claimed:
+                        log.info("claimed %d entries idle for %d ms", len(claimed), self.claim_idle_ms)
+                        await self.process(claimed)
+                if now - last_trim > self.trim_interval_s:
+                    last_trim = now
+                    metrics.STREAM_TRIMMED.inc(await trim_acknowledged(self.redis, self.keys))
+                batch = await read_new(
+                    self.redis, self.keys, self.consumer, count=self.batch, block_ms=self.block_ms
                 )
-                if claimed:
-                    log.info("claimed %d entries of dead consumers", len(claimed))
-                    await self.process(claimed)
-            await self.process(
-                await read_new(self.redis, self.keys, self.consumer, count=self.batch, block_ms=self.block_ms)
-            )
+                await self.process(batch)
+            except REDIS_DOWN as exc:
+                metrics.WORKER_REDIS_ERRORS.inc()
+                backoff = min(max(2 * backoff, 0.1), self.max_backoff_s)
+                log.warning("redis unavailable (%s: %s); retry in %.1f s", type(exc).__name__, exc, backoff)
+                recovering = True
+                try:
+                    await asyncio.wait_for(stop.wait(), backoff)
+                except TimeoutError:
+                    pass
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group missing (Redis lost its data?); re-creating it")
+                recovering = True
 
 
 def default_consumer_name() -> str:
@@ -236,6 +370,7 @@ async def main() -> None:
         batch=settings.worker_batch,
         block_ms=settings.worker_block_ms,
         claim_idle_ms=settings.claim_idle_ms,
+        heartbeat_ttl_s=settings.heartbeat_ttl_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -246,6 +381,10 @@ async def main() -> None:
     )
     try:
         await worker.run(stop)
+        try:
+            await worker.sign_off()
+        except REDIS_DOWN:
+            pass  # the heartbeat key expires by itself
     finally:
         await redis.aclose()
 

@@ -17,6 +17,7 @@ from service.keys import Keys
 from service.redis_conn import create_redis
 from service.settings import Settings
 from service.streams import ensure_groups, read_new
+from service.user_store import checksum
 from service.worker import EncoderWorker
 
 pytestmark = pytest.mark.redis
@@ -54,6 +55,7 @@ async def api(settings):
             await ensure_groups(redis, keys)
             runtime = UserTowerRuntime.from_checkpoint(settings.userllm_checkpoint)
             worker = EncoderWorker(redis, keys, runtime, consumer="test", block_ms=10)
+            await worker.heartbeat()  # /readyz wants a live worker
 
             async def apply_events() -> None:
                 while batch := await read_new(redis, keys, "test", count=500, block_ms=10):
@@ -89,6 +91,7 @@ async def test_health_ready_metrics_docs(api) -> None:
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["model_version"].startswith("userllm-")
+    assert ready.json()["workers"] == {"live": ["test"], "stopped": []} and ready.json()["backlog"] == 0
     assert (await gen.get("/readyz")).status_code == 200
     await client.post("/recommend", json={"user_id": "m1"})
     text = (await client.get("/metrics/")).text
@@ -122,6 +125,56 @@ async def test_events_accepted_and_applied(api) -> None:
         },
     )
     assert again.json() == {"accepted": 1, "unknown_items": 0, "duplicates": 1}
+
+
+async def test_event_ids_are_deduplicated_per_user(api) -> None:
+    """Another user's client that knows (or guesses) an event_id cannot pre-claim it."""
+    client, _, apply_events, _ = api
+    one = {"item_id": 8, "timestamp": 20, "rating": 3, "event_id": "order-1"}
+    attacker = await client.post("/events", json={"user_id": "mallory", **one})
+    victim = await client.post("/events", json={"user_id": "victim", **one})
+    assert attacker.json()["accepted"] == 1 and victim.json() == {
+        "accepted": 1, "unknown_items": 0, "duplicates": 0
+    }  # fmt: skip
+    assert (await client.post("/events", json={"user_id": "victim", **one})).json()["duplicates"] == 1
+    await apply_events()
+    assert (await client.get("/users/victim")).json()["events_seen"] == 1
+
+
+async def test_readyz_reports_a_stopped_worker(api) -> None:
+    client, _, _, (redis, keys) = api
+    await redis.delete(keys.worker("test"))  # its heartbeat expired: the worker died without signing off
+    body = assert_envelope(await client.get("/readyz"), 503, "EngineUnavailable")
+    assert "0 encoder workers heart-beating" in body["detail"] and "stopped: test" in body["detail"]
+
+
+async def test_events_past_the_backlog_limit_get_503_and_nothing_is_trimmed(settings) -> None:
+    """No worker runs: the streams fill up to `max_backlog`, then /events refuses with Retry-After;
+    every accepted event is still in the streams (no approximate MAXLEN trims unread entries)."""
+    small = settings.model_copy(update={"max_backlog": 30, "min_workers": 0})
+    gen_app = generator.create_app(small)
+    async with LifespanManager(gen_app) as gen:
+        transport = httpx.ASGITransport(app=gen.app)
+        async with LifespanManager(gateway.create_app(small, generator_transport=transport)) as gw:
+            gw_transport = httpx.ASGITransport(app=gw.app)
+            async with httpx.AsyncClient(transport=gw_transport, base_url="http://gw") as c:
+                accepted, refused = 0, None
+                for n in range(10):
+                    resp = await c.post("/events", json=events(f"b{n}", [1, 2, 3, 4], start=n * 10.0))
+                    if resp.status_code == 202:
+                        accepted += resp.json()["accepted"]
+                    else:
+                        refused = resp
+                        break
+                assert accepted == 28 and refused is not None  # 7 batches of 4 fit under 30
+                body = assert_envelope(refused, 503, "Backlogged")
+                assert "max_backlog 30" in body["detail"] and int(refused.headers["retry-after"]) > 0
+                ready = await c.get("/readyz")
+                assert ready.status_code == 200 and ready.json()["backlog"] == 28
+                redis = create_redis(small.redis_url, "test")
+                keys = Keys(small.key_prefix, small.num_shards)
+                assert sum([await redis.xlen(s) for s in keys.streams()]) == 28
+                await redis.aclose()
 
 
 async def test_an_invalid_event_rejects_the_whole_batch(api) -> None:
@@ -197,7 +250,12 @@ async def test_stale_model_version_is_recomputed_not_served(api) -> None:
     await client.post("/events", json=events("u4", [1, 2, 3]))
     await apply_events()
     fresh = (await client.post("/recommend", json={"user_id": "u4", "k": 5})).json()
-    await redis.hset(keys.emb("u4"), mapping={"model_version": "userllm-000000000000"})
+    tokens, shape = await redis.hmget(keys.emb("u4"), ["user_tokens", "shape"])
+    other = "userllm-000000000000"  # a well-formed record of another model version
+    await redis.hset(
+        keys.emb("u4"),
+        mapping={"model_version": other, "checksum": checksum(tokens, shape.decode(), "float16", other)},
+    )
     stale = (await client.post("/recommend", json={"user_id": "u4", "k": 5})).json()
     assert stale["personalized"] is True
     assert [i["item_id"] for i in stale["items"]] == [i["item_id"] for i in fresh["items"]]

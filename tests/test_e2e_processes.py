@@ -139,7 +139,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
             for i in range(per_user)
             for u in range(users)
         ]
-        await publish(client, keys, events, maxlen=100_000)
+        await publish(client, keys, events)
         await client.aclose()
 
     asyncio.run(produce())

@@ -30,7 +30,7 @@ async def ctx(redis_url, key_prefix, clean_redis):
 async def test_events_of_one_user_stay_ordered_in_one_shard(ctx) -> None:
     redis, keys = ctx
     events = [_event(f"u{u}", i, 1000 + i) for i in range(20) for u in range(5)]
-    assert await publish(redis, keys, events, maxlen=10_000) == (100, 0)
+    assert await publish(redis, keys, events) == (100, 0)
     got = await read_new(redis, keys, "c1", count=1000, block_ms=100)
     assert len(got) == 100
     for u in range(5):
@@ -41,8 +41,8 @@ async def test_events_of_one_user_stay_ordered_in_one_shard(ctx) -> None:
 
 async def test_duplicate_event_ids_are_queued_once(ctx) -> None:
     redis, keys = ctx
-    first = await publish(redis, keys, [_event("a", 1, 1, "e1"), _event("a", 2, 2, "e2")], maxlen=1000)
-    again = await publish(redis, keys, [_event("a", 1, 1, "e1"), _event("a", 3, 3, None)], maxlen=1000)
+    first = await publish(redis, keys, [_event("a", 1, 1, "e1"), _event("a", 2, 2, "e2")])
+    again = await publish(redis, keys, [_event("a", 1, 1, "e1"), _event("a", 3, 3, None)])
     assert first == (2, 0) and again == (1, 1)
     got = await read_new(redis, keys, "c1", count=100, block_ms=100)
     assert [e.item_id for e in got] == ["1", "2", "3"]
@@ -51,7 +51,7 @@ async def test_duplicate_event_ids_are_queued_once(ctx) -> None:
 
 async def test_unacked_entries_come_back_to_their_consumer_and_to_claimers(ctx) -> None:
     redis, keys = ctx
-    await publish(redis, keys, [_event("a", i, i) for i in range(4)], maxlen=1000)
+    await publish(redis, keys, [_event("a", i, i) for i in range(4)])
     got = await read_new(redis, keys, "dead", count=100, block_ms=100)
     assert len(got) == 4
     await ack(redis, got[:1])

@@ -61,7 +61,7 @@ def worker_for(ctx, name: str = "w1", batch: int = 256) -> EncoderWorker:
 async def test_events_become_user_tokens(ctx) -> None:
     redis, keys, runtime = ctx
     await publish(
-        redis, keys, [ev("alice", i, 100 + i) for i in range(1, 6)] + [ev("bob", 7, 5)], maxlen=10_000
+        redis, keys, [ev("alice", i, 100 + i) for i in range(1, 6)] + [ev("bob", 7, 5)]
     )
     assert await drain(worker_for(ctx)) == 2
     alice = await read_tokens(redis, keys, "alice")
@@ -80,7 +80,6 @@ async def test_incremental_updates_equal_a_full_recompute(ctx) -> None:
             redis,
             keys,
             [ev("carol", 10 + 3 * step + j, 1000 + 3 * step + j) for j in range(3)],
-            maxlen=10_000,
         )
         await drain(worker)
     cached = await read_tokens(redis, keys, "carol")
@@ -98,9 +97,9 @@ async def test_incremental_updates_equal_a_full_recompute(ctx) -> None:
 async def test_out_of_order_and_window_overflow_fall_back_to_full_recompute(ctx) -> None:
     redis, keys, runtime = ctx
     worker = worker_for(ctx)
-    await publish(redis, keys, [ev("dan", i, 100 + i) for i in range(1, 6)], maxlen=10_000)
+    await publish(redis, keys, [ev("dan", i, 100 + i) for i in range(1, 6)])
     await drain(worker)
-    await publish(redis, keys, [ev("dan", 30, 50)], maxlen=10_000)  # older than everything seen
+    await publish(redis, keys, [ev("dan", 30, 50)])  # older than everything seen
     await drain(worker)
     history = await read_history(redis, keys, "dan")
     assert history[0].item_id == "30"
@@ -110,7 +109,7 @@ async def test_out_of_order_and_window_overflow_fall_back_to_full_recompute(ctx)
         runtime.encode_full([history])[0].user_tokens.astype(np.float32),
         atol=1e-3,
     )
-    await publish(redis, keys, [ev("dan", 1 + i % 40, 200 + i) for i in range(WINDOW + 5)], maxlen=10_000)
+    await publish(redis, keys, [ev("dan", 1 + i % 40, 200 + i) for i in range(WINDOW + 5)])
     await drain(worker)
     history = await read_history(redis, keys, "dan")
     cached = await read_tokens(redis, keys, "dan")
@@ -124,7 +123,7 @@ async def test_out_of_order_and_window_overflow_fall_back_to_full_recompute(ctx)
 
 async def test_crash_between_write_and_ack_applies_nothing_twice(ctx, monkeypatch) -> None:
     redis, keys, _ = ctx
-    await publish(redis, keys, [ev("erin", i, i, event_id=f"e{i}") for i in range(1, 9)], maxlen=10_000)
+    await publish(redis, keys, [ev("erin", i, i, event_id=f"e{i}") for i in range(1, 9)])
     crashing = worker_for(ctx, "w-dead", batch=5)
 
     async def boom(*_a, **_k):
@@ -150,7 +149,7 @@ async def test_a_dead_workers_entries_are_claimed(ctx) -> None:
     import asyncio
 
     redis, keys, _ = ctx
-    await publish(redis, keys, [ev("fay", i, i) for i in range(1, 4)], maxlen=10_000)
+    await publish(redis, keys, [ev("fay", i, i) for i in range(1, 4)])
     assert len(await read_new(redis, keys, "w-gone", count=10, block_ms=10)) == 3  # delivered, then it dies
     alive = worker_for(ctx, "w-alive")
     stop = asyncio.Event()
@@ -166,11 +165,11 @@ async def test_a_dead_workers_entries_are_claimed(ctx) -> None:
 
 async def test_tokens_of_another_model_version_are_recomputed(ctx) -> None:
     redis, keys, runtime = ctx
-    await publish(redis, keys, [ev("gus", i, i) for i in range(1, 4)], maxlen=10_000)
+    await publish(redis, keys, [ev("gus", i, i) for i in range(1, 4)])
     await drain(worker_for(ctx))
     await redis.hset(keys.emb("gus"), mapping={"model_version": "userllm-older"})
     await redis.hset(keys.state("gus"), mapping={"model_version": "userllm-older"})
-    await publish(redis, keys, [ev("gus", 9, 10)], maxlen=10_000)
+    await publish(redis, keys, [ev("gus", 9, 10)])
     await drain(worker_for(ctx))
     cached = await read_tokens(redis, keys, "gus")
     assert cached.model_version == runtime.model_version and cached.n_events == 4
@@ -189,7 +188,6 @@ async def test_two_workers_side_by_side_apply_every_event_once(ctx) -> None:
         redis,
         keys,
         [ev(f"p{u}", 1 + (u * 7 + i) % 40, 100 + i) for i in range(per_user) for u in range(users)],
-        maxlen=10_000,
     )
     a, b = worker_for(ctx, "wa", batch=7), worker_for(ctx, "wb", batch=5)
     await asyncio.gather(drain(a), drain(b))
@@ -217,7 +215,7 @@ async def test_undecodable_entries_go_to_the_dead_letter_stream(ctx) -> None:
     await redis.xadd(
         stream, {"u": "hal", "i": "4", "t": "not-a-number", "y": "rating", "r": "", "x": "", "e": ""}
     )
-    await publish(redis, keys, [ev("hal", 5, 10)], maxlen=10_000)
+    await publish(redis, keys, [ev("hal", 5, 10)])
     await drain(worker_for(ctx))
     dead = await redis.xrange(keys.deadletter())
     assert [json.loads(f[b"fields"])["i"] for _, f in dead] == ["3", "4"]
