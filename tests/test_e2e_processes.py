@@ -1,5 +1,6 @@
-"""End to end on real processes: the one-command stack on the embedded Redis, and a worker killed
-with SIGKILL mid-stream and restarted (no event lost, none applied twice)."""
+"""End to end on real processes: the one-command stack on the embedded Redis (its children SIGKILLed
+and restarted by the stack), and a worker killed with SIGKILL mid-stream and restarted (no event
+lost, none applied twice)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def _wait(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def _child_pid(parent: int, module: str) -> int:
+    """The pid of `parent`'s child process running `python -m module`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and module.encode() in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"no child {module} of {parent}")
+
+
 def test_stack_on_embedded_redis_events_change_recommendations(tiny_stack, tmp_path) -> None:
     port, gen_port = free_port(), free_port()
     env = _env(tiny_stack, USERLLM_PORT=str(port), USERLLM_GENERATOR_PORT=str(gen_port))
@@ -98,6 +112,18 @@ def test_stack_on_embedded_redis_events_change_recommendations(tiny_stack, tmp_p
                 (i["item_id"], round(i["score"], 4)) for i in cold["items"]
             ]
             assert {"2", "4", "8", "16"}.isdisjoint(i["item_id"] for i in warm["items"])
+
+            # the stack restarts children that die: SIGKILL the generation server and the worker
+            for module in ("service.generator", "service.worker"):
+                os.kill(_child_pid(proc.pid, module), signal.SIGKILL)
+            _wait(lambda: (tmp_path / "stack.log").read_text().count("restarted (restart 1") == 2, 60,
+                  "both children restarted")  # fmt: skip
+            _wait(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 150, "ready again")
+            one = {"user_id": "e2e", "item_id": "32", "timestamp": 200, "rating": 4.0}
+            again = client.post("/events", json=one)
+            assert again.status_code == 202
+            _wait(lambda: client.get("/users/e2e").json()["events_seen"] == 5, 30, "the restarted worker")
+            assert client.post("/recommend", json={"user_id": "e2e", "k": 10}).json()["personalized"] is True
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
