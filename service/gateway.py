@@ -4,7 +4,10 @@ POST /events queues events on Redis Streams (the encoder workers apply them) unl
 backlog is past `max_backlog` (503 with Retry-After: never accept what could be lost); POST /recommend
 and POST /generate are answered by the generation server (httpx); GET /users/{id} reads Redis.
 /healthz does no I/O; /readyz checks Redis, the generation server, the workers' heartbeats and the
-backlog; /metrics is Prometheus.
+backlog; /metrics is Prometheus. DELETE /users/{id} forgets a user (the right to be forgotten).
+
+Every route but the health checks needs an API key with its scope (service/auth.py) unless
+authentication is explicitly disabled; request bodies are limited to `max_body_bytes` (413).
 
 Based on: polar `app.py` (factory + typed lifespan state), the full-stack template's thin routes.
 """
@@ -21,13 +24,18 @@ import redis.asyncio as aioredis
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import make_asgi_app
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from service import metrics
+from service.auth import ApiKey, KeyFileError, KeyRing, authorize, check_rate
+from service.body_limit import BodyLimit
 from service.errors import (
     Backlogged,
     EngineUnavailable,
+    ServiceError,
     StoreUnavailable,
     UserNotFound,
     envelope,
@@ -44,12 +52,13 @@ from service.schemas import (
     GenerateResponse,
     RecommendRequest,
     RecommendResponse,
+    UserForgotten,
     UserInfo,
 )
 from service.serve import serve
 from service.settings import Settings, get_settings
 from service.streams import backlog, publish
-from service.user_store import read_user_info
+from service.user_store import forget_user, read_user_info
 
 log = logging.getLogger("userllm.gateway")
 
@@ -61,6 +70,7 @@ class State(TypedDict):
     generator: GeneratorClient
     catalogue: dict[str, set[str]]  # {"items": ...} once fetched from the generator
     backlog: list[float]  # [entries waiting, monotonic time read]: re-read at most every BACKLOG_TTL_S
+    keyring: KeyRing | None  # None: authentication explicitly disabled
 
 
 BACKLOG_TTL_S = 0.5
@@ -70,6 +80,7 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
     """Build the gateway; `generator_transport` (an httpx transport) lets tests call an in-process
     generation server."""
     settings = settings or get_settings()
+    keyring = load_keyring(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -89,6 +100,7 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
                 generator=generator,
                 catalogue={},
                 backlog=[0.0, float("-inf")],
+                keyring=keyring,
             )
         finally:
             await generator.aclose()
@@ -103,8 +115,39 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
     install_error_handlers(app)
     app.add_exception_handler(UpstreamError, _upstream_error)
     app.middleware("http")(metrics.request_metrics_middleware("gateway"))
-    app.mount("/metrics", make_asgi_app())
+    metrics_app = make_asgi_app()
+    if settings.metrics_require_admin and keyring is not None:
+        metrics_app = _admin_only(metrics_app, keyring)
+    app.mount("/metrics", metrics_app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _routes(app)
+    return app
+
+
+def load_keyring(settings: Settings) -> KeyRing | None:
+    """The API keys, or None when authentication is explicitly disabled; a clear error otherwise."""
+    if settings.auth_disabled:
+        log.warning("authentication is DISABLED (USERLLM_AUTH_DISABLED): anyone can read and write any user")
+        return None
+    if settings.api_keys_file is None:
+        raise KeyFileError(
+            "USERLLM_API_KEYS_FILE is not set: create keys with `python -m service.auth create --file "
+            "keys.json --name NAME --scopes ingest,read,admin`, or set USERLLM_AUTH_DISABLED=true for a "
+            "local stack"
+        )
+    return KeyRing.load(settings.api_keys_file)
+
+
+def _admin_only(inner: Any, keyring: KeyRing) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            authorize(keyring, Headers(scope=scope), "admin")
+        except ServiceError as exc:
+            response = JSONResponse(envelope(type(exc).__name__, exc.message), exc.status_code, exc.headers)
+            await response(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
     return app
 
 
@@ -121,6 +164,26 @@ async def get_state(request: Request) -> State:
 
 
 StateDep = Annotated[State, Depends(get_state)]
+_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (alternative header)")
+
+
+def require(scope: str) -> Any:
+    """Route dependency: an API key with `scope`, within its rate limit (401 / 403 / 429)."""
+
+    async def check(
+        request: Request,
+        state: StateDep,
+        _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _k: Annotated[str | None, Depends(_api_key)],
+    ) -> ApiKey | None:
+        if state["keyring"] is None:
+            return None
+        key = authorize(state["keyring"], request.headers, scope)
+        await check_rate(state["redis"], state["keys"], key)
+        return key
+
+    return Depends(check)
 
 
 def parse_events(body: Any) -> list[EventIn]:
@@ -192,7 +255,13 @@ def _routes(app: FastAPI) -> None:
             "backlog": waiting,
         }
 
-    @app.post("/events", status_code=202, response_model=EventsAccepted, tags=["events"])
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=EventsAccepted,
+        tags=["events"],
+        dependencies=[require("ingest")],
+    )
     async def post_events(
         state: StateDep,
         body: Annotated[Any, Body(description='one event, or {"events": [...]} with up to 1,000 events')],
@@ -220,7 +289,9 @@ def _routes(app: FastAPI) -> None:
         metrics.UNKNOWN_ITEMS.labels("gateway").inc(unknown or 0)
         return EventsAccepted(accepted=queued, unknown_items=unknown, duplicates=duplicates)
 
-    @app.post("/recommend", response_model=RecommendResponse, tags=["serving"])
+    @app.post(
+        "/recommend", response_model=RecommendResponse, tags=["serving"], dependencies=[require("read")]
+    )
     async def recommend(body: RecommendRequest, state: StateDep) -> RecommendResponse:
         return RecommendResponse.model_validate(
             await state["generator"].post("/v1/recommend", body.model_dump())
@@ -231,6 +302,7 @@ def _routes(app: FastAPI) -> None:
         response_model=GenerateResponse,
         tags=["serving"],
         responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}},
+        dependencies=[require("read")],
     )
     async def generate(body: GenerateRequest, state: StateDep) -> Any:
         if body.stream:
@@ -240,7 +312,16 @@ def _routes(app: FastAPI) -> None:
             await state["generator"].post("/v1/generate", body.model_dump())
         )
 
-    @app.get("/users/{user_id}", response_model=UserInfo, tags=["users"])
+    @app.delete(
+        "/users/{user_id}", response_model=UserForgotten, tags=["users"], dependencies=[require("admin")]
+    )
+    async def forget(user_id: str, state: StateDep) -> UserForgotten:
+        """Remove the user's history, state, tokens and de-duplication keys; queued events of the user
+        are dropped by the workers (the right to be forgotten)."""
+        removed = await forget_user(state["redis"], state["keys"], user_id)
+        return UserForgotten(user_id=user_id, keys_removed=removed)
+
+    @app.get("/users/{user_id}", response_model=UserInfo, tags=["users"], dependencies=[require("read")])
     async def user(user_id: str, state: StateDep) -> UserInfo:
         raw = await read_user_info(state["redis"], state["keys"], user_id)
         seen, (version, updated_at, n_events) = raw["seen"], raw["emb"]

@@ -15,6 +15,9 @@
 | `{p}:dedup:{user}:{event_id}`      | string | SET NX EX: a client `event_id` already accepted for the user |
 | `{p}:deadletter`                   | stream | entries and stored events a worker could not apply, with the |
 |                                    |        | reason (capped at `DEADLETTER_MAXLEN`)                       |
+| `{p}:forgotten:{user}`             | string | ms time of `DELETE /users/{user}`: older queued events of    |
+|                                    |        | the user are dropped by the workers                          |
+| `{p}:rate:{key}:{second}`          | string | requests of an API key in one second (rate limit)            |
 | `{p}:worker:{name}`                | string | a worker's heartbeat (JSON), expires after `heartbeat_ttl_s` |
 | `{p}:workers`                      | set    | names of the workers that ever heart-beat (readiness report) |
 
@@ -76,6 +79,15 @@ class Keys:
     def dedup(self, user_id: str, event_id: str) -> str:
         """Event ids are unique per user: another user's event cannot pre-claim this user's id."""
         return f"{self.base}:dedup:{{{user_id}}}:{event_id}"
+
+    def forgotten(self, user_id: str) -> str:
+        return f"{self.base}:forgotten:{{{user_id}}}"
+
+    def user_keys(self, user_id: str) -> list[str]:
+        """Every per-user key except the de-duplication ones (which need a SCAN), in the order of the
+        worker's compare-and-set script."""
+        return [self.hist(user_id), self.evt(user_id), self.emb(user_id), self.state(user_id),
+                self.seen(user_id), self.items(user_id)]  # fmt: skip
 
     def worker(self, name: str) -> str:
         return f"{self.base}:worker:{name}"

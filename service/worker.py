@@ -46,7 +46,15 @@ from service.streams import (
     read_own_pending,
     trim_acknowledged,
 )
-from service.user_store import CorruptRecord, StoredEvent, UserRecord, UserUpdate, read_users, write_updates
+from service.user_store import (
+    CorruptRecord,
+    StoredEvent,
+    UserRecord,
+    UserUpdate,
+    forgotten_at,
+    read_users,
+    write_updates,
+)
 
 log = logging.getLogger("userllm.worker")
 MAX_CAS_ATTEMPTS = 8
@@ -61,6 +69,11 @@ class _Plan:
     drop: list[str]
     history: list[StoredEvent]  # kept history after the update, time-ordered
     n_unknown: int
+    oldest_ms: int  # queue time of the oldest stream entry behind `add`
+
+
+def _entry_ms(e: StreamEvent) -> int:
+    return int(e.entry_id.split("-")[0])
 
 
 def _stored(e: StreamEvent) -> StoredEvent:
@@ -101,9 +114,11 @@ class EncoderWorker:
     def _plan(self, record: UserRecord, events: Sequence[StreamEvent]) -> _Plan | None:
         known = {e.key for e in record.events}
         fresh: dict[str, StoredEvent] = {}
+        queued: dict[str, int] = {}
         for e in events:
             if e.key not in known:
                 fresh.setdefault(e.key, _stored(e))
+                queued[e.key] = min(queued.get(e.key, _entry_ms(e)), _entry_ms(e))
         if not fresh and not record.corrupt and record.emb_model_version == self.runtime.model_version:
             return None  # only re-deliveries of applied events: nothing to do
         merged = sorted([*record.events, *fresh.values()], key=lambda e: e.order)
@@ -115,6 +130,7 @@ class EncoderWorker:
             drop=[e.key for e in record.events if e.key not in kept] + [c[0] for c in record.corrupt],
             history=history,
             n_unknown=sum(not self.runtime.codec.known(e.item_id) for e in fresh.values()),
+            oldest_ms=min((queued[e.key] for e in fresh.values() if e.key in kept), default=0),
         )
 
     def _encode(self, plans: list[_Plan]) -> list[Encoded]:
@@ -160,6 +176,7 @@ class EncoderWorker:
             state_keys=enc.state_keys,
             n_unknown=plan.n_unknown,
             new_items=sorted({e.item_id for e in plan.add}),
+            oldest_ms=plan.oldest_ms,
         )
 
     # --- one micro-batch ---
@@ -225,6 +242,15 @@ class EncoderWorker:
         changing under this worker for MAX_CAS_ATTEMPTS rounds)."""
         pending, updated, reported = dict(by_user), 0, set()
         for _ in range(MAX_CAS_ATTEMPTS):
+            for user, at in (await forgotten_at(self.redis, self.keys, list(pending))).items():
+                kept = [e for e in pending[user] if _entry_ms(e) > at]  # queued after the deletion
+                metrics.WORKER_EVENTS.labels("forgotten").inc(len(pending[user]) - len(kept))
+                if kept:
+                    pending[user] = kept
+                else:
+                    pending.pop(user)
+            if not pending:
+                return updated, set()
             records = await read_users(self.redis, self.keys, list(pending))
             for u, record in records.items():
                 if record.corrupt and u not in reported:

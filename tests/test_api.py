@@ -39,6 +39,7 @@ def settings(tiny_stack, redis_url, key_prefix, clean_redis) -> Settings:
         checkpoint_dir=ckpt.parent,
         device="cpu",
         max_wait_ms=2,
+        auth_disabled=True,  # tests/test_auth.py covers API keys
     )
 
 
