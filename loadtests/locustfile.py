@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import logging
+import os
 import random
 import time
 import uuid
@@ -137,6 +138,8 @@ class GatewayUser(FastHttpUser):
         if not is_loopback_url(self.host):  # second guard, in case the init hook was bypassed
             raise StopUser(f"refusing to load-test {self.host!r}")
         self.user_id = str(random.randint(*USER_ID_RANGE))
+        if key := os.environ.get("USERLLM_API_KEY"):  # a key with ingest + read when auth is on
+            self.client.headers["Authorization"] = f"Bearer {key}"
         self._post_events(START_EVENTS, name="/events (on_start)")
         self._wait_for_embedding()
 

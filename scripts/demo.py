@@ -9,6 +9,7 @@ Usage (with the stack running, e.g. `make run`):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,11 @@ def replay(client: httpx.Client, user: str, events: list, expected_total: int) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("USERLLM_API_KEY"),
+        help="an API key with the ingest and read scopes (default $USERLLM_API_KEY; none for `make run`)",
+    )
     parser.add_argument("--user", default="414", help="ml-latest-small userId whose history is replayed")
     parser.add_argument("--first", type=int, default=15, help="events sent before the first look")
     parser.add_argument("--then", type=int, default=25, help="events sent before the second look")
@@ -82,7 +88,8 @@ def main() -> int:
     titles = {i: (it.title or i) for i, it in data.items.items()}
     user = f"demo-{args.user}-{int(time.time())}"
     review_item = history[-1].item
-    with httpx.Client(base_url=args.url, timeout=120) as client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url, timeout=120, headers=headers) as client:
         _, cold = show(client, user, review_item, titles, "before any event (cold start)")
         replay(client, user, history[: args.first], args.first)
         first, texts_first = show(client, user, review_item, titles, f"after {args.first} events")
