@@ -37,6 +37,12 @@ class ItemNotFound(ServiceError):
     status_code = 404
 
 
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before the answer (nginx's 499; nobody reads the body)."""
+
+    status_code = 499
+
+
 class EngineOverloaded(ServiceError):
     status_code = 503
 

@@ -1,7 +1,8 @@
 """Gateway (`python -m service.gateway`): the public REST API on 127.0.0.1:8000.
 
 POST /events queues events on Redis Streams (the encoder workers apply them); POST /recommend and
-POST /generate are answered by the generation server (httpx); GET /users/{id} reads Redis.
+POST /generate are answered by the generation server (httpx; a client that goes away closes the call,
+which stops the decode there); GET /users/{id} reads Redis.
 /healthz does no I/O; /readyz checks Redis and the generation server; /metrics is Prometheus.
 
 Based on: polar `app.py` (factory + typed lifespan state), the full-stack template's thin routes.
@@ -18,11 +19,12 @@ from typing import Annotated, Any, TypedDict, cast
 import redis.asyncio as aioredis
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from pydantic import ValidationError
 
 from service import metrics
+from service.disconnect import cancel_on_disconnect
 from service.errors import EngineUnavailable, StoreUnavailable, UserNotFound, envelope, install_error_handlers
 from service.generator_client import GeneratorClient, UpstreamError
 from service.keys import Keys
@@ -39,6 +41,7 @@ from service.schemas import (
 )
 from service.serve import serve
 from service.settings import Settings, get_settings
+from service.sse import EventStreamResponse
 from service.streams import publish
 from service.user_store import read_user_info
 
@@ -176,13 +179,11 @@ def _routes(app: FastAPI) -> None:
         tags=["serving"],
         responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}},
     )
-    async def generate(body: GenerateRequest, state: StateDep) -> Any:
+    async def generate(body: GenerateRequest, state: StateDep, request: Request) -> Any:
         if body.stream:
-            chunks = await state["generator"].stream("/v1/generate", body.model_dump())
-            return StreamingResponse(chunks, media_type="text/event-stream")
-        return GenerateResponse.model_validate(
-            await state["generator"].post("/v1/generate", body.model_dump())
-        )
+            return EventStreamResponse(await state["generator"].stream("/v1/generate", body.model_dump()))
+        call = state["generator"].post("/v1/generate", body.model_dump())
+        return GenerateResponse.model_validate(await cancel_on_disconnect(request, call))
 
     @app.get("/users/{user_id}", response_model=UserInfo, tags=["users"])
     async def user(user_id: str, state: StateDep) -> UserInfo:

@@ -3,6 +3,7 @@
 Reads user tokens from Redis; tokens of another `model_version` are never used (the user's stored
 history is re-encoded instead); users with no events get a non-personalized answer. Concurrent
 requests are batched (`MicroBatcher`) and run off the event loop. CUDA when present, else CPU.
+A client that goes away cancels its decode, which stops at the next step.
 
 Based on: vLLM `entrypoints/openai/api_server.py` (engine built in the lifespan, 503 when it is dead),
 polar's app factory with a typed lifespan state.
@@ -19,12 +20,12 @@ from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
 from prometheus_client import make_asgi_app
 
 from models.generation import SamplingParams
 from service import metrics
 from service.batching import MicroBatcher
+from service.disconnect import cancel_on_disconnect
 from service.encoding import Encoded
 from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine, UserInput
 from service.errors import EngineUnavailable, ItemNotFound, install_error_handlers
@@ -39,7 +40,8 @@ from service.schemas import (
 )
 from service.serve import serve
 from service.settings import Settings, get_settings
-from service.sse import sse
+from service.sse import EventStreamResponse
+from service.text_generation import stream_events
 from service.user_store import (
     StoredEvent,
     UserUpdate,
@@ -75,17 +77,18 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
             )
         redis = create_redis(redis_url, "generator")
 
-        def batcher(fn: Any, name: str) -> Any:
+        def batcher(fn: Any, name: str, on_cancel: Any = None) -> Any:
             return MicroBatcher(
                 fn,
                 name=name,
                 max_batch=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
+                on_cancel=on_cancel,
             )
 
         scorer = batcher(eng.score_batch, "score")
-        decoder = batcher(eng.generate_batch, "generate")
+        decoder = batcher(eng.generate_batch, "generate", on_cancel=GenerateJob.cancel)
         encoder = batcher(eng.tower.encode_full, "encode")
         warm_up = [ScoreJob(UserInput(None), k=1), ScoreJob(UserInput(None), k=1, task="genre")]
         await asyncio.to_thread(eng.score_batch, warm_up)  # also computes the prompts' lower states
@@ -199,7 +202,7 @@ def _routes(app: FastAPI) -> None:
         )
 
     @app.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(body: GenerateRequest, state: StateDep) -> Any:
+    async def generate(body: GenerateRequest, state: StateDep, request: Request) -> Any:
         engine = state["engine"]
         if body.item_id is not None and not engine.codec.known(body.item_id):
             raise ItemNotFound(f"item_id {body.item_id!r} is not in the catalogue of {engine.model_version}")
@@ -233,47 +236,17 @@ def _routes(app: FastAPI) -> None:
             seed=body.seed,
             repetition_penalty=body.repetition_penalty,
         )
-        if not body.stream:
-            result = await state["decoder"].submit(GenerateJob(user, prompt, params))
-            metrics.GENERATED_TOKENS.inc(result.completion_tokens)
-            return GenerateResponse(
-                **info,
-                text=result.text,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-            )
-        return StreamingResponse(
-            _stream(state, GenerateJob(user, prompt, params), info), media_type="text/event-stream"
+        job = GenerateJob(user, prompt, params)
+        if body.stream:
+            return EventStreamResponse(stream_events(state["decoder"], job, info))
+        result = await cancel_on_disconnect(request, state["decoder"].submit(job))
+        metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+        return GenerateResponse(
+            **info,
+            text=result.text,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
         )
-
-
-async def _stream(state: State, job: GenerateJob, info: dict[str, Any]) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_text(piece: str) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, piece)
-
-    job.on_text = on_text
-    task = asyncio.create_task(state["decoder"].submit(job))
-    while not (task.done() and queue.empty()):
-        try:
-            yield sse({"text": await asyncio.wait_for(queue.get(), 0.05)})
-        except TimeoutError:
-            continue
-    try:
-        result = task.result()
-    except Exception as exc:
-        yield sse({"error": type(exc).__name__, "detail": str(exc)}, event="error")
-        return
-    metrics.GENERATED_TOKENS.inc(result.completion_tokens)
-    body = GenerateResponse(
-        **info,
-        text=result.text,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-    )
-    yield sse(body.model_dump(), event="done")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """The gateway's client of the generation server: httpx with timeouts and connection retries.
 
 Connection failures become `EngineUnavailable` (503 + Retry-After); error envelopes from the
-generator are passed through with their status code.
+generator are passed through with their status code. Closing a stream early (the gateway's client went
+away) closes its connection, which the generation server sees as its client leaving: it stops the decode.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 
 from service.errors import EngineUnavailable, ServiceError
@@ -69,7 +71,8 @@ class GeneratorClient:
         return response.json()  # type: ignore[no-any-return]
 
     async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
-        """Open an SSE stream; errors before the first byte raise, later ones end the stream."""
+        """Open an SSE stream; errors before the first byte raise, later ones end the stream. Closing
+        the returned iterator (or cancelling its reader) closes the upstream response."""
         request = self._client.build_request("POST", path, json=payload)
         try:
             response = await self._client.send(request, stream=True)
@@ -85,6 +88,7 @@ class GeneratorClient:
                 async for chunk in response.aiter_raw():
                     yield chunk
             finally:
-                await response.aclose()
+                with anyio.CancelScope(shield=True):  # also when the reader was cancelled mid-read
+                    await response.aclose()
 
         return body()

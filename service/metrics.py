@@ -47,6 +47,9 @@ WORKER_BATCH_SECONDS = Histogram(
     "userllm_worker_batch_seconds", "time to apply one micro-batch", buckets=LATENCY_BUCKETS
 )
 QUEUE_DEPTH = Gauge("userllm_engine_queue_depth", "requests waiting for the engine")
+CANCELLED = Counter(
+    "userllm_engine_cancelled_total", "engine jobs cancelled by their caller (the client went away)", ["kind"]
+)
 
 
 def route_template(request: Request) -> str:

@@ -1,0 +1,114 @@
+"""Limits and failure paths of the two servers, run by uvicorn on real sockets (a client can really go
+away) against a real Redis and a tiny untrained USER-LLM checkpoint: a client that leaves stops its
+decode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from llm_fixtures import real_backbone_dir  # noqa: F401
+from prometheus_client import REGISTRY
+from service_fixtures import build_tiny_stack
+
+from service import gateway, generator
+from service.engine import TorchEngine
+from service.redis_conn import free_port
+from service.settings import Settings
+
+pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("one_torch_thread")]
+
+CONTEXT = 1024  # the tiny backbone's max_position_embeddings here
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, real_backbone_dir) -> TorchEngine:  # noqa: F811
+    backbone, ckpt = build_tiny_stack(
+        tmp_path_factory.mktemp("limits"), real_backbone_dir, max_position_embeddings=CONTEXT
+    )
+    return TorchEngine.load(ckpt, backbone, device="cpu")
+
+
+@pytest.fixture
+def settings(redis_url, key_prefix, clean_redis) -> Settings:
+    return Settings(redis_url=redis_url, key_prefix=key_prefix, num_shards=2, device="cpu", max_wait_ms=2)
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """Run `app` (lifespan included) with uvicorn on a free port in a thread; yields its URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@contextmanager
+def stack(settings: Settings, engine: TorchEngine) -> Iterator[str]:
+    """Generation server + gateway over HTTP; yields the gateway's URL."""
+    with serving(generator.create_app(settings, engine=engine)) as gen:
+        with serving(gateway.create_app(settings.model_copy(update={"generator_url": gen}))) as gw:
+            yield gw
+
+
+def cancelled() -> float:
+    return REGISTRY.get_sample_value("userllm_engine_cancelled_total", {"kind": "generate"}) or 0.0
+
+
+def chat(prompt: str, max_new_tokens: int, **extra: object) -> dict:
+    return {"user_id": "u", "task": "chat", "prompt": prompt, "max_new_tokens": max_new_tokens, **extra}
+
+
+# --- a client that goes away stops its decode ---
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_stops_its_decode(settings, engine, stream) -> None:
+    long = chat("Tell me a long story.", 256, temperature=0, stream=stream)
+    short = chat("Hi", 2, temperature=0)
+    cancelled_before = cancelled()
+    with stack(settings, engine) as gw:
+        async with httpx.AsyncClient(base_url=gw, timeout=60) as client:
+            full = await client.post("/generate", json={**long, "stream": False})
+            assert full.json()["completion_tokens"] == 256  # left alone, this decode runs 256 steps
+            forwards: list[int] = []  # forward passes of the LLM (prefill and decoding steps)
+
+            def slow_step(*_: object) -> None:  # 10 ms a step: the whole decode would take > 2.5 s
+                forwards.append(1)
+                time.sleep(0.01)
+
+            hook = engine.model.llm.register_forward_pre_hook(slow_step)
+            try:
+                if stream:
+                    async with client.stream("POST", "/generate", json=long) as resp:
+                        assert resp.status_code == 200
+                        async for line in resp.aiter_lines():
+                            if line.startswith("data:"):
+                                break  # a first piece: the decode runs; leaving closes the connection
+                else:
+                    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes
+                        await client.post("/generate", json=long, timeout=httpx.Timeout(60, read=0.5))
+                at_leave = len(forwards)
+                after = await client.post("/generate", json=short)  # runs once the decoder is free
+                assert after.status_code == 200, after.text
+            finally:
+                hook.remove()
+            short_steps = after.json()["completion_tokens"]  # its prefill + one step per token but the last
+            ran = len(forwards) - at_leave - short_steps
+            assert ran < 64, f"{ran} steps after the client left"  # the old code ran the ~250 steps left
+    assert cancelled() == cancelled_before + 1  # counted by the generation server's decoder
