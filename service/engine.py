@@ -163,6 +163,14 @@ class TorchEngine:
                 mask[i] = True
         return self.model.context_from_tokens(tokens.to(self.device), mask.to(self.device))
 
+    @property
+    def max_context(self) -> int:
+        """Positions a generation request may fill with prompt + new tokens: the backbone's
+        `max_position_embeddings`, less the user prefix in soft-prompt / PPlug mode."""
+        config = self.model.config
+        prefix = {"soft_prompt": config.tower.num_user_tokens, "pplug": 2}.get(config.llm.mode, 0)
+        return int(self.model.llm.backbone.config.max_position_embeddings) - prefix
+
     def review_prompt(self, item_id: str, rating: float | None) -> list[int]:
         return prompt_ids(
             self.tokenizer, instruction("review", title=self.codec.title(item_id), rating=rating)

@@ -1,4 +1,5 @@
-"""One error hierarchy and one JSON envelope: `{"error": <class name>, "detail": <message>}`.
+"""One error hierarchy and one JSON envelope: `{"error": <class name>, "detail": <message>}`, with
+`fields` ([{"field", "message", "type"}]) when a request field is invalid.
 
 Based on: polar `exceptions.py` + `exception_handlers.py`; vLLM `api_server.py` (503 on a dead engine).
 """
@@ -20,13 +21,19 @@ class ServiceError(Exception):
     status_code = 500
 
     def __init__(
-        self, message: str, status_code: int | None = None, *, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        status_code: int | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        fields: list[dict[str, str]] | None = None,
     ):
         super().__init__(message)
         self.message = message
         if status_code is not None:
             self.status_code = status_code
         self.headers = headers or {}
+        self.fields = fields
 
 
 class UserNotFound(ServiceError):
@@ -35,6 +42,15 @@ class UserNotFound(ServiceError):
 
 class ItemNotFound(ServiceError):
     status_code = 404
+
+
+class PromptTooLong(ServiceError):
+    """A prompt over the token limit, or too long for the model's context with `max_new_tokens`."""
+
+    status_code = 422
+
+    def __init__(self, message: str, field: str = "prompt"):
+        super().__init__(message, fields=[{"field": field, "message": message, "type": "prompt_too_long"}])
 
 
 class ClientDisconnected(ServiceError):
@@ -75,7 +91,10 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(envelope(type(exc).__name__, exc.message), exc.status_code, headers=exc.headers)
+    body = envelope(type(exc).__name__, exc.message)
+    if exc.fields is not None:
+        body["fields"] = exc.fields
+    return JSONResponse(body, exc.status_code, headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

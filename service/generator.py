@@ -3,7 +3,8 @@
 Reads user tokens from Redis; tokens of another `model_version` are never used (the user's stored
 history is re-encoded instead); users with no events get a non-personalized answer. Concurrent
 requests are batched (`MicroBatcher`) and run off the event loop. CUDA when present, else CPU.
-A client that goes away cancels its decode, which stops at the next step.
+Generation prompts are limited in tokens (`max_prompt_tokens`, and the backbone's context); a client
+that goes away cancels its decode, which stops at the next step.
 
 Based on: vLLM `entrypoints/openai/api_server.py` (engine built in the lifespan, 503 when it is dead),
 polar's app factory with a typed lifespan state.
@@ -22,7 +23,6 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from prometheus_client import make_asgi_app
 
-from models.generation import SamplingParams
 from service import metrics
 from service.batching import MicroBatcher
 from service.disconnect import cancel_on_disconnect
@@ -41,7 +41,7 @@ from service.schemas import (
 from service.serve import serve
 from service.settings import Settings, get_settings
 from service.sse import EventStreamResponse
-from service.text_generation import stream_events
+from service.text_generation import decode_inputs, stream_events
 from service.user_store import (
     StoredEvent,
     UserUpdate,
@@ -206,6 +206,7 @@ def _routes(app: FastAPI) -> None:
         engine = state["engine"]
         if body.item_id is not None and not engine.codec.known(body.item_id):
             raise ItemNotFound(f"item_id {body.item_id!r} is not in the catalogue of {engine.model_version}")
+        inputs = None if body.task == "genre" else decode_inputs(engine, state["settings"], body)  # 422 first
         user, updated_at = await resolve_user(state, body.user_id)
         info = dict(
             user_id=body.user_id,
@@ -214,7 +215,7 @@ def _routes(app: FastAPI) -> None:
             model_version=engine.model_version,
             updated_at=updated_at,
         )
-        if body.task == "genre":
+        if inputs is None:  # genre: scored by the category head
             scored = await state["scorer"].submit(ScoreJob(user, k=1, task="genre"))
             genres = [(engine.codec.categories.decode(i), p) for i, p in scored.categories]
             return GenerateResponse(
@@ -224,19 +225,7 @@ def _routes(app: FastAPI) -> None:
                 prompt_tokens=len(engine.genre_prompt),
                 completion_tokens=0,
             )
-        prompt = (
-            engine.review_prompt(body.item_id or "", body.rating)
-            if body.task == "review"
-            else engine.chat_prompt(body.prompt or "")
-        )
-        params = SamplingParams(
-            max_new_tokens=min(body.max_new_tokens, state["settings"].max_new_tokens_limit),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            repetition_penalty=body.repetition_penalty,
-        )
-        job = GenerateJob(user, prompt, params)
+        job = GenerateJob(user, *inputs)
         if body.stream:
             return EventStreamResponse(stream_events(state["decoder"], job, info))
         result = await cancel_on_disconnect(request, state["decoder"].submit(job))

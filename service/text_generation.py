@@ -1,8 +1,13 @@
-"""Review and chat requests of the generation server: a decode streamed as server-sent events, cancelled
-when the client goes away.
+"""Review and chat requests of the generation server: the prompt's token limits, and streaming a decode
+as server-sent events, cancelled when the client goes away.
 
-Based on: vLLM `entrypoints/utils.py` `with_cancellation` (a request whose client disconnects is
-aborted).
+Prompts are limited in tokens, not only characters: a 4,000-character chat prompt can be 12,000 tokens
+(emoji), longer than the backbone's context, and one long prefill holds up every other request in the
+batcher. `max_prompt_tokens` bounds it, and prompt + max_new_tokens must fit the model's context.
+
+Based on: vLLM `entrypoints/openai/serving_engine.py` `_validate_input` (prompt + max_tokens checked
+against the context after tokenization; 400 there) and `entrypoints/utils.py` `with_cancellation` (a
+request whose client disconnects is aborted).
 """
 
 from __future__ import annotations
@@ -11,11 +16,46 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from models.generation import SamplingParams
 from service import metrics
 from service.batching import MicroBatcher
-from service.engine import GenerateJob, GenerateResult
-from service.schemas import GenerateResponse
+from service.engine import GenerateJob, GenerateResult, TorchEngine
+from service.errors import PromptTooLong
+from service.schemas import GenerateRequest, GenerateResponse
+from service.settings import Settings
 from service.sse import sse
+
+
+def decode_inputs(
+    engine: TorchEngine, settings: Settings, body: GenerateRequest
+) -> tuple[list[int], SamplingParams]:
+    """Prompt token ids and sampling settings of a review / chat request; 422 `PromptTooLong` when the
+    prompt is over `max_prompt_tokens` or prompt + max_new_tokens exceed the model's context."""
+    if body.task == "review":
+        prompt, field = engine.review_prompt(body.item_id or "", body.rating), "item_id"
+    else:
+        prompt, field = engine.chat_prompt(body.prompt or ""), "prompt"
+    max_new_tokens = min(body.max_new_tokens, settings.max_new_tokens_limit)
+    if len(prompt) > settings.max_prompt_tokens:
+        raise PromptTooLong(
+            f"the prompt is {len(prompt):,} tokens long (chat template included); "
+            f"the limit is {settings.max_prompt_tokens:,}",
+            field,
+        )
+    if len(prompt) + max_new_tokens > engine.max_context:
+        raise PromptTooLong(
+            f"the prompt ({len(prompt):,} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
+            f"context of {engine.max_context:,} tokens",
+            field,
+        )
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        repetition_penalty=body.repetition_penalty,
+    )
+    return prompt, params
 
 
 async def stream_events(

@@ -1,6 +1,6 @@
 """Limits and failure paths of the two servers, run by uvicorn on real sockets (a client can really go
 away) against a real Redis and a tiny untrained USER-LLM checkpoint: a client that leaves stops its
-decode."""
+decode, prompts are limited in tokens."""
 
 from __future__ import annotations
 
@@ -66,6 +66,13 @@ def stack(settings: Settings, engine: TorchEngine) -> Iterator[str]:
             yield gw
 
 
+def assert_envelope(resp: httpx.Response, status: int, error: str) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == error and body["detail"], body
+    return body
+
+
 def cancelled() -> float:
     return REGISTRY.get_sample_value("userllm_engine_cancelled_total", {"kind": "generate"}) or 0.0
 
@@ -112,3 +119,27 @@ async def test_a_client_that_leaves_stops_its_decode(settings, engine, stream) -
             ran = len(forwards) - at_leave - short_steps
             assert ran < 64, f"{ran} steps after the client left"  # the old code ran the ~250 steps left
     assert cancelled() == cancelled_before + 1  # counted by the generation server's decoder
+
+
+# --- prompts are limited in tokens ---
+
+
+async def test_prompts_are_limited_in_tokens_and_by_the_context(settings, engine) -> None:
+    near_full = "😀" * 280
+    n = len(engine.chat_prompt(near_full))
+    assert CONTEXT - 256 < n <= 1024  # within the default limit, not with 256 new tokens
+    with stack(settings, engine) as gw:
+        async with httpx.AsyncClient(base_url=gw, timeout=60) as client:
+            for stream in (False, True):
+                resp = await client.post("/generate", json=chat(near_full, 256, stream=stream))
+                body = assert_envelope(resp, 422, "PromptTooLong")
+                assert body["fields"] == [
+                    {"field": "prompt", "message": body["detail"], "type": "prompt_too_long"}
+                ]
+                assert f"context of {CONTEXT:,} tokens" in body["detail"]
+            fits = await client.post("/generate", json=chat(near_full, 8))
+            assert fits.status_code == 200 and fits.json()["prompt_tokens"] == n
+            emoji = await client.post("/generate", json=chat("😀" * 4000, 8))  # 4,000 characters: allowed
+            body = assert_envelope(emoji, 422, "PromptTooLong")
+            assert body["fields"][0]["field"] == "prompt" and "the limit is 1,024" in body["detail"]
+    assert "USERLLM_MAX_PROMPT_TOKENS" in generator.GenerateRequest.model_fields["prompt"].description
