@@ -1,11 +1,15 @@
 """One error hierarchy and one JSON envelope: `{"error": <class name>, "detail": <message>}`, with
 `fields` ([{"field", "message", "type"}]) when a request field is invalid.
 
+An unexpected exception answers 500 `{"error": "InternalError", "detail": "internal error",
+"request_id": ...}`; its text goes to the log under that request id, never to the client.
+
 Based on: polar `exceptions.py` + `exception_handlers.py`; vLLM `api_server.py` (503 on a dead engine).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +17,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.request_id import HEADER, request_id
+
+log = logging.getLogger("userllm.errors")
 
 
 class ServiceError(Exception):
@@ -112,8 +120,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(envelope(name, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
 
 
-async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(envelope("InternalError", f"{type(exc).__name__}: {exc}"), 500)
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's outermost middleware calls this, outside the request-id middleware: it sets the
+    header itself (and re-raises `exc` afterwards, for the server's own log)."""
+    rid = request_id(request)
+    log.error("unhandled error in %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc)
+    body = envelope("InternalError", "internal error")
+    body["request_id"] = rid
+    return JSONResponse(body, 500, headers={HEADER: rid})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -29,6 +29,7 @@ from service.errors import EngineUnavailable, StoreUnavailable, UserNotFound, en
 from service.generator_client import GeneratorClient, UpstreamError
 from service.keys import Keys
 from service.redis_conn import create_redis
+from service.request_id import RequestIdMiddleware
 from service.schemas import (
     EventBatch,
     EventIn,
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
     install_error_handlers(app)
     app.add_exception_handler(UpstreamError, _upstream_error)
     app.middleware("http")(metrics.request_metrics_middleware("gateway"))
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.mount("/metrics", make_asgi_app())
     _routes(app)
     return app
@@ -100,8 +102,9 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
 async def _upstream_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UpstreamError)
     body = envelope(exc.name, exc.body.get("detail", exc.message))
-    if "fields" in exc.body:
-        body["fields"] = exc.body["fields"]
+    for key in ("fields", "request_id"):
+        if key in exc.body:
+            body[key] = exc.body[key]
     return JSONResponse(body, exc.status_code, headers=exc.headers)
 
 

@@ -31,6 +31,7 @@ from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, T
 from service.errors import EngineUnavailable, ItemNotFound, install_error_handlers
 from service.keys import Keys
 from service.redis_conn import create_redis
+from service.request_id import RequestIdMiddleware, request_id
 from service.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
     app = FastAPI(title="USER-LLM generation server", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.middleware("http")(metrics.request_metrics_middleware("generator"))
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.mount("/metrics", make_asgi_app())
     _routes(app)
     return app
@@ -227,7 +229,7 @@ def _routes(app: FastAPI) -> None:
             )
         job = GenerateJob(user, *inputs)
         if body.stream:
-            return EventStreamResponse(stream_events(state["decoder"], job, info))
+            return EventStreamResponse(stream_events(state["decoder"], job, info, request_id(request)))
         result = await cancel_on_disconnect(request, state["decoder"].submit(job))
         metrics.GENERATED_TOKENS.inc(result.completion_tokens)
         return GenerateResponse(

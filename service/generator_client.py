@@ -1,8 +1,9 @@
 """The gateway's client of the generation server: httpx with timeouts and connection retries.
 
 Connection failures become `EngineUnavailable` (503 + Retry-After); error envelopes from the
-generator are passed through with their status code. Closing a stream early (the gateway's client went
-away) closes its connection, which the generation server sees as its client leaving: it stops the decode.
+generator are passed through with their status code. Every call carries the gateway's request id
+(`X-Request-ID`). Closing a stream early (the gateway's client went away) closes its connection, which
+the generation server sees as its client leaving: it stops the decode.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 import anyio
 import httpx
 
+from service import request_id
 from service.errors import EngineUnavailable, ServiceError
+
+
+async def _send_request_id(request: httpx.Request) -> None:
+    rid = request_id.current.get()
+    if rid is not None:
+        request.headers[request_id.HEADER] = rid
 
 
 class UpstreamError(ServiceError):
@@ -36,7 +44,12 @@ class GeneratorClient:
     ):
         transport = transport or httpx.AsyncHTTPTransport(retries=retries)
         timeout = httpx.Timeout(timeout_s, connect=2.0)
-        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            event_hooks={"request": [_send_request_id]},
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

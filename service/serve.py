@@ -6,11 +6,15 @@ import logging
 
 from fastapi import FastAPI
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+from service.request_id import RequestIdLogFilter
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s"  # "-" outside a request
 
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdLogFilter())
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:

@@ -13,6 +13,7 @@ request whose client disconnects is aborted).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,10 +21,12 @@ from models.generation import SamplingParams
 from service import metrics
 from service.batching import MicroBatcher
 from service.engine import GenerateJob, GenerateResult, TorchEngine
-from service.errors import PromptTooLong
+from service.errors import PromptTooLong, ServiceError
 from service.schemas import GenerateRequest, GenerateResponse
 from service.settings import Settings
 from service.sse import sse
+
+log = logging.getLogger("userllm.generator")
 
 
 def decode_inputs(
@@ -59,9 +62,10 @@ def decode_inputs(
 
 
 async def stream_events(
-    decoder: MicroBatcher[GenerateJob, GenerateResult], job: GenerateJob, info: dict[str, Any]
+    decoder: MicroBatcher[GenerateJob, GenerateResult], job: GenerateJob, info: dict[str, Any], rid: str
 ) -> AsyncIterator[bytes]:
-    """SSE of one decode: text pieces as they come, then `done` with the response, or one `error`.
+    """SSE of one decode: text pieces as they come, then `done` with the response, or one `error`
+    (a ServiceError's message; any other error as "internal error", its text logged under `rid`).
     Leaving early (the client went away) cancels the decode: it stops at its next step."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -79,8 +83,13 @@ async def stream_events(
                 continue
         try:
             result = task.result()
-        except Exception as exc:
-            yield sse({"error": type(exc).__name__, "detail": str(exc)}, event="error")
+        except ServiceError as exc:
+            yield sse({"error": type(exc).__name__, "detail": exc.message, "request_id": rid}, event="error")
+            return
+        except Exception:
+            log.exception("generation failed (request %s)", rid)
+            error = {"error": "InternalError", "detail": "internal error", "request_id": rid}
+            yield sse(error, event="error")
             return
         metrics.GENERATED_TOKENS.inc(result.completion_tokens)
         body = GenerateResponse(

@@ -1,9 +1,11 @@
 """Limits and failure paths of the two servers, run by uvicorn on real sockets (a client can really go
 away) against a real Redis and a tiny untrained USER-LLM checkpoint: a client that leaves stops its
-decode, prompts are limited in tokens."""
+decode, prompts are limited in tokens, an unexpected error answers a generic 500 with a request id (the
+detail goes to the log)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from service_fixtures import build_tiny_stack
 
 from service import gateway, generator
 from service.engine import TorchEngine
+from service.keys import Keys
 from service.redis_conn import free_port
 from service.settings import Settings
 
@@ -143,3 +146,44 @@ async def test_prompts_are_limited_in_tokens_and_by_the_context(settings, engine
             body = assert_envelope(emoji, 422, "PromptTooLong")
             assert body["fields"][0]["field"] == "prompt" and "the limit is 1,024" in body["detail"]
     assert "USERLLM_MAX_PROMPT_TOKENS" in generator.GenerateRequest.model_fields["prompt"].description
+
+
+# --- unexpected errors: a generic 500 with a request id, the detail in the log ---
+
+
+async def test_an_unexpected_error_answers_500_with_its_request_id(
+    settings, engine, clean_redis, caplog
+) -> None:
+    keys = Keys(settings.key_prefix, settings.num_shards)
+    clean_redis.hset(
+        keys.emb("bad"), mapping={"user_tokens": b"\0" * 6, "shape": "[4, 4]", "model_version": "x"}
+    )
+    with stack(settings, engine) as gw:
+        async with httpx.AsyncClient(base_url=gw, timeout=60) as client:
+            resp = await client.post("/recommend", json={"user_id": "bad"}, headers={"X-Request-ID": "req-1"})
+            assert resp.status_code == 500
+            assert resp.json() == {
+                "error": "InternalError",
+                "detail": "internal error",
+                "request_id": "req-1",
+            }
+            assert resp.headers["x-request-id"] == "req-1"
+            logged = [r for r in caplog.records if r.name == "userllm.errors" and "req-1" in r.getMessage()]
+            assert logged and "cannot reshape" in str(logged[0].exc_info[1])  # the generator's log, same id
+
+            def broken(*_: object) -> None:
+                raise RuntimeError("secret internals")
+
+            hook = engine.model.llm.register_forward_pre_hook(broken)
+            try:
+                streamed = await client.post(
+                    "/generate", json=chat("Hi", 4, stream=True), headers={"X-Request-ID": "req-2"}
+                )
+            finally:
+                hook.remove()
+            assert streamed.text.startswith("event: error\n") and "secret" not in streamed.text
+            assert '"detail":"internal error","request_id":"req-2"' in streamed.text
+            for given in ("a b", "x" * 65, None):  # unsafe or missing ids are replaced by a fresh one
+                headers = {"X-Request-ID": given} if given else {}
+                rid = (await client.get("/healthz", headers=headers)).headers["x-request-id"]
+                assert re.fullmatch(r"[0-9a-f]{32}", rid)
