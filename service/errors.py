@@ -2,7 +2,9 @@
 `fields` ([{"field", "message", "type"}]) when a request field is invalid.
 
 An unexpected exception answers 500 `{"error": "InternalError", "detail": "internal error",
-"request_id": ...}`; its text goes to the log under that request id, never to the client.
+"request_id": ...}`; its text goes to the log under that request id, never to the client. Redis
+unreachable (a redis `ConnectionError` or `TimeoutError`) in any request answers 503 `StoreUnavailable`
+with `Retry-After`.
 
 Based on: polar `exceptions.py` + `exception_handlers.py`; vLLM `api_server.py` (503 on a dead engine).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.request_id import HEADER, request_id
 
 log = logging.getLogger("userllm.errors")
+
+STORE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class ServiceError(Exception):
@@ -120,6 +125,11 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(envelope(name, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unreachable (request %s): %s: %s", request_id(request), type(exc).__name__, exc)
+    return await _service_error(request, StoreUnavailable("the user store is unavailable; retry later"))
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's outermost middleware calls this, outside the request-id middleware: it sets the
     header itself (and re-raises `exc` afterwards, for the server's own log)."""
@@ -134,4 +144,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for error in STORE_ERRORS:
+        app.add_exception_handler(error, _store_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -1,11 +1,12 @@
 """Limits and failure paths of the two servers, run by uvicorn on real sockets (a client can really go
 away) against a real Redis and a tiny untrained USER-LLM checkpoint: a client that leaves stops its
 decode, prompts are limited in tokens, an unexpected error answers a generic 500 with a request id (the
-detail goes to the log)."""
+detail goes to the log), Redis going down answers 503 `StoreUnavailable`."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+import redis
 import uvicorn
 from llm_fixtures import real_backbone_dir  # noqa: F401
 from prometheus_client import REGISTRY
@@ -187,3 +189,41 @@ async def test_an_unexpected_error_answers_500_with_its_request_id(
                 headers = {"X-Request-ID": given} if given else {}
                 rid = (await client.get("/healthz", headers=headers)).headers["x-request-id"]
                 assert re.fullmatch(r"[0-9a-f]{32}", rid)
+
+
+# --- Redis going down: 503 StoreUnavailable with Retry-After ---
+
+
+async def test_redis_going_down_answers_503_with_retry_after(settings, engine) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis.from_url(url) as probe:
+                    probe.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        with stack(settings.model_copy(update={"redis_url": url}), engine) as gw:
+            async with httpx.AsyncClient(base_url=gw, timeout=60) as client:
+                assert (await client.post("/recommend", json={"user_id": "r"})).status_code == 200
+                server.terminate()
+                server.wait(10)
+                for method, path, body in [
+                    ("POST", "/recommend", {"user_id": "r"}),  # the generation server's read
+                    ("POST", "/generate", {"user_id": "r", "task": "genre"}),
+                    ("GET", "/users/r", None),  # the gateway's own read
+                ]:
+                    resp = await client.request(method, path, json=body)
+                    assert_envelope(resp, 503, "StoreUnavailable")
+                    assert int(resp.headers["retry-after"]) > 0
+    finally:
+        server.kill()
+        server.wait(10)
