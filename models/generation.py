@@ -4,7 +4,8 @@ The user context (cross-attention K/V, or the soft-prompt / PPlug prefix) is com
 reused at every step; the prompts are left-padded so every row's next token sits at the last position.
 Greedy when `temperature == 0`, else temperature + top-p (nucleus) sampling with a per-request
 `torch.Generator` seeded by `seed`, so a request samples the same tokens whatever batch it is in. An
-optional repetition penalty (CTRL) lowers the logits of tokens already in the prompt or the output.
+optional repetition penalty (CTRL) lowers the logits of tokens already in the prompt or the output. A row
+whose request was cancelled stops before the next step, and the call ends when every row has stopped.
 
 References: nanoGPT `GPT.generate`; HF `GenerationMixin` (left padding, positions from the mask,
 `TopPLogitsWarper`); Holtzman et al. 2020 (nucleus sampling); vLLM `SamplingParams` (per-request seed).
@@ -14,7 +15,7 @@ Shapes: B batch, S prompt tokens, V vocab, L user tokens, Du user-token dim.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +142,7 @@ def stream_generate(
     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
+    cancelled: Callable[[int], bool] | None = None,
 ) -> Iterator[list[int | None]]:
     """Generate for a left-padded batch, yielding each step's new token per row.
 
@@ -153,6 +155,9 @@ def stream_generate(
         params: one SamplingParams for all rows, or one per row.
         eos_token_id: stop ids (default: the backbone config's); EOS ends a row and is not yielded.
         pad_token_id: fed to finished rows (their outputs are ignored).
+        cancelled: `cancelled(i)` is True once row i's request was cancelled; asked before every
+            forward pass after the prefill, a cancelled row finishes as at EOS (no more tokens), and the
+            call returns without another forward pass once every row has finished.
 
     Yields:
         A list of B entries per step: the new token id, or None for rows already finished.
@@ -204,6 +209,8 @@ def stream_generate(
             finished[i] = counts[i] >= rows[i].max_new_tokens
         if any(t is not None for t in step):
             yield step
+        if cancelled is not None:
+            finished = [f or cancelled(i) for i, f in enumerate(finished)]
         if all(finished):
             return
         feed = torch.tensor([pad_token_id if t is None else t for t in step], device=device)[

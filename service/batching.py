@@ -1,5 +1,6 @@
 """Dynamic batching: concurrent requests are grouped (up to `max_batch`, waiting at most `max_wait_ms`)
-and run together in one worker thread, off the event loop.
+and run together in one worker thread, off the event loop. Cancelling `submit` cancels the job: a queued
+job is dropped before its batch runs, and a running one is told through `on_cancel(job)`.
 
 Based on: the "micro-batcher" pattern of model servers (vLLM's engine loop, Ray Serve `@serve.batch`),
 reduced to one asyncio task per batcher.
@@ -20,7 +21,10 @@ R = TypeVar("R")
 
 
 class MicroBatcher(Generic[T, R]):
-    """`await submit(job)` -> result of `fn(batch)[i]`; `fn` runs in a thread, one batch at a time."""
+    """`await submit(job)` -> result of `fn(batch)[i]`; `fn` runs in a thread, one batch at a time.
+
+    `on_cancel(job)` (on the event loop) is called when a `submit` is cancelled, e.g. because the client
+    went away; `fn` may be running that job in its thread at that moment and should stop it."""
 
     def __init__(
         self,
@@ -30,8 +34,9 @@ class MicroBatcher(Generic[T, R]):
         max_batch: int,
         max_wait_ms: float,
         max_queue: int,
+        on_cancel: Callable[[T], None] | None = None,
     ):
-        self.fn, self.name = fn, name
+        self.fn, self.name, self.on_cancel = fn, name, on_cancel
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -63,7 +68,13 @@ class MicroBatcher(Generic[T, R]):
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         await self._queue.put((job, fut))
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
-        return await fut
+        try:
+            return await fut  # cancelling this task cancels `fut`: a queued job is then never run
+        except asyncio.CancelledError:
+            metrics.CANCELLED.labels(self.name).inc()
+            if self.on_cancel is not None:
+                self.on_cancel(job)
+            raise
 
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch = [await self._queue.get()]

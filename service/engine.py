@@ -3,12 +3,15 @@
 `TorchEngine` holds one loaded `PersonalizedLM` (backbone + adapters + heads + user tower) and two
 micro-batchers: one scores next-item / genre prompts for many users in one forward pass, one decodes
 generation requests together with a KV cache (cross-attention keys/values computed once per
-request, in `models.generation`). Everything here runs in the batchers' thread, never on the loop.
+request, in `models.generation`). Everything here runs in the batchers' thread, never on the loop. A
+generation job cancelled by its caller (`GenerateJob.cancel`, from any thread) stops at the next
+decoding step, and one cancelled before its batch starts is not run at all.
 A vLLM engine for GPU deployments is described in docs/serving.md (not implemented yet).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,11 @@ class GenerateJob:
     prompt: list[int]
     params: SamplingParams
     on_text: Callable[[str], None] | None = None  # called from the engine thread with each new piece
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
+
+    def cancel(self) -> None:
+        """Stop this job: not started -> never run; decoding -> no forward pass after the current one."""
+        self.cancelled.set()
 
 
 @dataclass
@@ -161,6 +169,14 @@ class TorchEngine:
                 mask[i] = True
         return self.model.context_from_tokens(tokens.to(self.device), mask.to(self.device))
 
+    @property
+    def max_context(self) -> int:
+        """Positions a generation request may fill with prompt + new tokens: the backbone's
+        `max_position_embeddings`, less the user prefix in soft-prompt / PPlug mode."""
+        config = self.model.config
+        prefix = {"soft_prompt": config.tower.num_user_tokens, "pplug": 2}.get(config.llm.mode, 0)
+        return int(self.model.llm.backbone.config.max_position_embeddings) - prefix
+
     def review_prompt(self, item_id: str, rating: float | None) -> list[int]:
         return prompt_ids(
             self.tokenizer, instruction("review", title=self.codec.title(item_id), rating=rating)
@@ -227,6 +243,15 @@ class TorchEngine:
 
     @torch.inference_mode()
     def generate_batch(self, jobs: list[GenerateJob]) -> list[GenerateResult]:
+        """Decode `jobs` together; jobs cancelled before the batch starts get an empty result, unrun."""
+        results = [GenerateResult("", len(job.prompt), 0) for job in jobs]
+        live = [i for i, job in enumerate(jobs) if not job.cancelled.is_set()]
+        if live:
+            for i, result in zip(live, self._decode([jobs[i] for i in live]), strict=True):
+                results[i] = result
+        return results
+
+    def _decode(self, jobs: list[GenerateJob]) -> list[GenerateResult]:
         ids, mask = left_pad([j.prompt for j in jobs], pad_token_id=self.pad_id)
         tokens: list[list[int]] = [[] for _ in jobs]
         sent = [""] * len(jobs)
@@ -237,6 +262,7 @@ class TorchEngine:
             user_context=self._context([j.user for j in jobs]),
             params=[j.params for j in jobs],
             pad_token_id=self.pad_id,
+            cancelled=lambda i: jobs[i].cancelled.is_set(),
         ):
             for i, tok in enumerate(step):
                 if tok is None:

@@ -2,9 +2,10 @@
 
 POST /events queues events on Redis Streams (the encoder workers apply them) unless the streams'
 backlog is past `max_backlog` (503 with Retry-After: never accept what could be lost); POST /recommend
-and POST /generate are answered by the generation server (httpx); GET /users/{id} reads Redis.
-/healthz does no I/O; /readyz checks Redis, the generation server, the workers' heartbeats and the
-backlog; /metrics is Prometheus. DELETE /users/{id} forgets a user (the right to be forgotten).
+and POST /generate are answered by the generation server (httpx; a client that goes away closes the
+call, which stops the decode there); GET /users/{id} reads Redis. /healthz does no I/O; /readyz checks
+Redis, the generation server, the workers' heartbeats and the backlog; /metrics is Prometheus.
+DELETE /users/{id} forgets a user (the right to be forgotten).
 
 Every route but the health checks needs an API key with its scope (service/auth.py) unless
 authentication is explicitly disabled; request bodies are limited to `max_body_bytes` (413).
@@ -23,7 +24,7 @@ from typing import Annotated, Any, TypedDict, cast
 import redis.asyncio as aioredis
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import make_asgi_app
 from pydantic import ValidationError
@@ -32,6 +33,7 @@ from starlette.datastructures import Headers
 from service import metrics
 from service.auth import ApiKey, KeyFileError, KeyRing, authorize, check_rate
 from service.body_limit import BodyLimit
+from service.disconnect import cancel_on_disconnect
 from service.errors import (
     Backlogged,
     EngineUnavailable,
@@ -44,6 +46,7 @@ from service.errors import (
 from service.generator_client import GeneratorClient, UpstreamError
 from service.keys import Keys
 from service.redis_conn import create_redis
+from service.request_id import RequestIdMiddleware
 from service.schemas import (
     EventBatch,
     EventIn,
@@ -57,6 +60,7 @@ from service.schemas import (
 )
 from service.serve import serve
 from service.settings import Settings, get_settings
+from service.sse import EventStreamResponse
 from service.streams import backlog, publish
 from service.user_store import forget_user, read_user_info
 
@@ -120,6 +124,7 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
         metrics_app = _admin_only(metrics_app, keyring)
     app.mount("/metrics", metrics_app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     _routes(app)
     return app
 
@@ -154,8 +159,9 @@ def _admin_only(inner: Any, keyring: KeyRing) -> Any:
 async def _upstream_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UpstreamError)
     body = envelope(exc.name, exc.body.get("detail", exc.message))
-    if "fields" in exc.body:
-        body["fields"] = exc.body["fields"]
+    for key in ("fields", "request_id"):
+        if key in exc.body:
+            body[key] = exc.body[key]
     return JSONResponse(body, exc.status_code, headers=exc.headers)
 
 
@@ -304,13 +310,11 @@ def _routes(app: FastAPI) -> None:
         responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}},
         dependencies=[require("read")],
     )
-    async def generate(body: GenerateRequest, state: StateDep) -> Any:
+    async def generate(body: GenerateRequest, state: StateDep, request: Request) -> Any:
         if body.stream:
-            chunks = await state["generator"].stream("/v1/generate", body.model_dump())
-            return StreamingResponse(chunks, media_type="text/event-stream")
-        return GenerateResponse.model_validate(
-            await state["generator"].post("/v1/generate", body.model_dump())
-        )
+            return EventStreamResponse(await state["generator"].stream("/v1/generate", body.model_dump()))
+        call = state["generator"].post("/v1/generate", body.model_dump())
+        return GenerateResponse.model_validate(await cancel_on_disconnect(request, call))
 
     @app.delete(
         "/users/{user_id}", response_model=UserForgotten, tags=["users"], dependencies=[require("admin")]

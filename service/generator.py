@@ -4,6 +4,8 @@ Reads user tokens from Redis; tokens of another `model_version`, of another shap
 checksum are never used (the user's stored history is re-encoded instead and written back); users
 with no events get a non-personalized answer. Concurrent
 requests are batched (`MicroBatcher`) and run off the event loop. CUDA when present, else CPU.
+Generation prompts are limited in tokens (`max_prompt_tokens`, and the backbone's context); a client
+that goes away cancels its decode, which stops at the next step.
 
 Based on: vLLM `entrypoints/openai/api_server.py` (engine built in the lifespan, 503 when it is dead),
 polar's app factory with a typed lifespan state.
@@ -20,17 +22,17 @@ from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
 from prometheus_client import make_asgi_app
 
-from models.generation import SamplingParams
 from service import metrics
 from service.batching import MicroBatcher
+from service.disconnect import cancel_on_disconnect
 from service.encoding import Encoded
 from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine, UserInput
 from service.errors import EngineUnavailable, ItemNotFound, install_error_handlers
 from service.keys import Keys
 from service.redis_conn import create_redis
+from service.request_id import RequestIdMiddleware, request_id
 from service.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -40,7 +42,8 @@ from service.schemas import (
 )
 from service.serve import serve
 from service.settings import Settings, get_settings
-from service.sse import sse
+from service.sse import EventStreamResponse
+from service.text_generation import decode_inputs, stream_events
 from service.user_store import (
     CorruptRecord,
     StoredEvent,
@@ -77,17 +80,18 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
             )
         redis = create_redis(redis_url, "generator")
 
-        def batcher(fn: Any, name: str) -> Any:
+        def batcher(fn: Any, name: str, on_cancel: Any = None) -> Any:
             return MicroBatcher(
                 fn,
                 name=name,
                 max_batch=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
+                on_cancel=on_cancel,
             )
 
         scorer = batcher(eng.score_batch, "score")
-        decoder = batcher(eng.generate_batch, "generate")
+        decoder = batcher(eng.generate_batch, "generate", on_cancel=GenerateJob.cancel)
         encoder = batcher(eng.tower.encode_full, "encode")
         warm_up = [ScoreJob(UserInput(None), k=1), ScoreJob(UserInput(None), k=1, task="genre")]
         await asyncio.to_thread(eng.score_batch, warm_up)  # also computes the prompts' lower states
@@ -112,6 +116,7 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
     app = FastAPI(title="USER-LLM generation server", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.middleware("http")(metrics.request_metrics_middleware("generator"))
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.mount("/metrics", make_asgi_app())
     _routes(app)
     return app
@@ -209,10 +214,11 @@ def _routes(app: FastAPI) -> None:
         )
 
     @app.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(body: GenerateRequest, state: StateDep) -> Any:
+    async def generate(body: GenerateRequest, state: StateDep, request: Request) -> Any:
         engine = state["engine"]
         if body.item_id is not None and not engine.codec.known(body.item_id):
             raise ItemNotFound(f"item_id {body.item_id!r} is not in the catalogue of {engine.model_version}")
+        inputs = None if body.task == "genre" else decode_inputs(engine, state["settings"], body)  # 422 first
         user, updated_at = await resolve_user(state, body.user_id)
         info = dict(
             user_id=body.user_id,
@@ -221,7 +227,7 @@ def _routes(app: FastAPI) -> None:
             model_version=engine.model_version,
             updated_at=updated_at,
         )
-        if body.task == "genre":
+        if inputs is None:  # genre: scored by the category head
             scored = await state["scorer"].submit(ScoreJob(user, k=1, task="genre"))
             genres = [(engine.codec.categories.decode(i), p) for i, p in scored.categories]
             return GenerateResponse(
@@ -231,59 +237,17 @@ def _routes(app: FastAPI) -> None:
                 prompt_tokens=len(engine.genre_prompt),
                 completion_tokens=0,
             )
-        prompt = (
-            engine.review_prompt(body.item_id or "", body.rating)
-            if body.task == "review"
-            else engine.chat_prompt(body.prompt or "")
+        job = GenerateJob(user, *inputs)
+        if body.stream:
+            return EventStreamResponse(stream_events(state["decoder"], job, info, request_id(request)))
+        result = await cancel_on_disconnect(request, state["decoder"].submit(job))
+        metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+        return GenerateResponse(
+            **info,
+            text=result.text,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
         )
-        params = SamplingParams(
-            max_new_tokens=min(body.max_new_tokens, state["settings"].max_new_tokens_limit),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            repetition_penalty=body.repetition_penalty,
-        )
-        if not body.stream:
-            result = await state["decoder"].submit(GenerateJob(user, prompt, params))
-            metrics.GENERATED_TOKENS.inc(result.completion_tokens)
-            return GenerateResponse(
-                **info,
-                text=result.text,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-            )
-        return StreamingResponse(
-            _stream(state, GenerateJob(user, prompt, params), info), media_type="text/event-stream"
-        )
-
-
-async def _stream(state: State, job: GenerateJob, info: dict[str, Any]) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_text(piece: str) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, piece)
-
-    job.on_text = on_text
-    task = asyncio.create_task(state["decoder"].submit(job))
-    while not (task.done() and queue.empty()):
-        try:
-            yield sse({"text": await asyncio.wait_for(queue.get(), 0.05)})
-        except TimeoutError:
-            continue
-    try:
-        result = task.result()
-    except Exception as exc:
-        yield sse({"error": type(exc).__name__, "detail": str(exc)}, event="error")
-        return
-    metrics.GENERATED_TOKENS.inc(result.completion_tokens)
-    body = GenerateResponse(
-        **info,
-        text=result.text,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-    )
-    yield sse(body.model_dump(), event="done")
 
 
 def main() -> None:

@@ -56,6 +56,9 @@ WORKER_REDIS_ERRORS = Counter(
 )
 STREAM_TRIMMED = Counter("userllm_stream_trimmed_total", "acknowledged stream entries trimmed")
 QUEUE_DEPTH = Gauge("userllm_engine_queue_depth", "requests waiting for the engine")
+CANCELLED = Counter(
+    "userllm_engine_cancelled_total", "engine jobs cancelled by their caller (the client went away)", ["kind"]
+)
 
 
 def route_template(request: Request) -> str:

@@ -85,7 +85,13 @@ class RecommendResponse(EmbeddingInfo):
 class GenerateRequest(Strict):
     user_id: str = Id
     task: Literal["genre", "review", "chat"]
-    prompt: str | None = Field(None, max_length=4000)
+    prompt: str | None = Field(
+        None,
+        max_length=4000,
+        description="task 'chat': the message, at most 4,000 characters and, once in the chat template, "
+        "USERLLM_MAX_PROMPT_TOKENS tokens (default 1,024), with prompt + max_new_tokens within the model's "
+        "context; 422 naming `prompt` otherwise",
+    )
     item_id: str | None = Field(None, min_length=1, max_length=128)
     rating: float | None = Field(None, ge=0, le=10, description="task 'review': the rating to write for")
     max_new_tokens: int = Field(64, ge=1, le=256)

@@ -7,7 +7,9 @@ import re
 
 from fastapi import FastAPI
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+from service.request_id import RequestIdLogFilter
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s"  # "-" outside a request
 _USER_PATH = re.compile(r"/users/[^/?\s]+")
 
 
@@ -25,7 +27,8 @@ class RedactUserIds(logging.Filter):
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("uvicorn.access").addFilter(RedactUserIds())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdLogFilter())
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:

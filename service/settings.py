@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(10.0, ge=0, description="dynamic batching: longest wait to fill a batch")
     max_queue: int = Field(256, ge=1, description="queued requests before 503 EngineOverloaded")
     max_new_tokens_limit: int = Field(256, ge=1, description="upper bound of max_new_tokens")
+    max_prompt_tokens: int = Field(
+        1024,
+        ge=1,
+        description="longest generation prompt in tokens, chat template included (422 above it; "
+        "prompt + max_new_tokens must also fit the backbone's context)",
+    )
 
     # --- HTTP ---
     host: str = "127.0.0.1"

@@ -57,14 +57,17 @@ def build_tiny_stack(
     seed: int = 0,
     gate: float = 0.5,
     cross_attn_layers: tuple[int, ...] = (),
+    max_position_embeddings: int = 128,
 ) -> tuple[Path, Path]:
-    """Write `root/backbone` (tiny Llama + real tokenizer) and `root/userllm` (checkpoint); cross-attention
-    before every layer unless `cross_attn_layers` says where."""
+    """Write `root/backbone` (tiny Llama + real tokenizer, a context of `max_position_embeddings`) and
+    `root/userllm` (checkpoint); cross-attention before every layer unless `cross_attn_layers` says where."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    backbone = tiny_llama(vocab_size=len(tokenizer), num_layers=2)
+    backbone = tiny_llama(
+        vocab_size=len(tokenizer), num_layers=2, max_position_embeddings=max_position_embeddings
+    )
     backbone.config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     backbone.config.pad_token_id = tokenizer.pad_token_id or 0
     backbone.save_pretrained(root / "backbone")

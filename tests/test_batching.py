@@ -1,5 +1,5 @@
 """MicroBatcher: concurrent jobs share a batch, a full queue answers EngineOverloaded (503), a failing
-batch fails its jobs only, a stopped batcher refuses work."""
+batch fails its jobs only, a stopped batcher refuses work, a cancelled submit cancels its job."""
 
 from __future__ import annotations
 
@@ -62,3 +62,32 @@ async def test_a_failing_batch_fails_its_jobs_and_the_loop_survives() -> None:
     await batcher.stop()
     with pytest.raises(EngineUnavailable):
         await batcher.submit(1)
+
+
+async def test_cancelling_submit_drops_a_queued_job_and_tells_a_running_one() -> None:
+    gate, started = threading.Event(), threading.Event()
+    ran: list[list[int]] = []
+    cancelled: list[int] = []
+
+    def slow(batch: list[int]) -> list[int]:
+        ran.append(batch)
+        started.set()
+        gate.wait(5)
+        return batch
+
+    batcher = MicroBatcher(
+        slow, name="t", max_batch=1, max_wait_ms=0, max_queue=10, on_cancel=cancelled.append
+    )
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await asyncio.to_thread(started.wait, 5)
+    queued = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    for task in (running, queued):
+        task.cancel()
+    await asyncio.sleep(0)
+    assert cancelled == [0, 1]  # the engine may stop job 0 at once
+    gate.set()
+    assert await batcher.submit(2) == 2
+    await batcher.stop()
+    assert ran == [[0], [2]]  # job 1 was dropped from the queue, never run

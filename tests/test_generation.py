@@ -1,4 +1,5 @@
-"""Generation: KV cache == recompute, batch == singles, K/V once per call, EOS, sampling, streaming.
+"""Generation: KV cache == recompute, batch == singles, K/V once per call, EOS, sampling, streaming,
+cancellation.
 
 KV-cache vs recompute logits use the tightest tolerance that holds on CPU (see test_userllm.py: BLAS
 results depend on the matrix shape); greedy tokens must be identical.
@@ -207,3 +208,34 @@ def test_repetition_penalty_lowers_seen_tokens_and_matches_the_served_default() 
     )[0]  # fmt: skip
     assert len(set(penalized)) == len(penalized) and not set(penalized) & set(ids[0].tolist())
     assert plain[0] != penalized
+
+
+def test_a_cancelled_row_stops_at_the_next_step_and_all_cancelled_ends_the_call() -> None:
+    llm = tiny_userllm(gates=0.5)
+    forwards: list[int] = []
+    llm.register_forward_pre_hook(lambda *_: forwards.append(1))
+    ids, mask = left_pad(prompts([4, 6]), pad_token_id=PAD)
+    params = SamplingParams(max_new_tokens=8)
+    full = generate(llm, ids, mask, user_tokens=user_tokens(2), params=params, eos_token_id=NO_EOS)
+    stop: set[int] = set()
+    steps = []
+    forwards.clear()
+    for step in stream_generate(
+        llm, ids, mask, user_tokens=user_tokens(2), params=params, eos_token_id=NO_EOS,
+        cancelled=stop.__contains__,
+    ):  # fmt: skip
+        steps.append(step)
+        if len(steps) == 2:
+            stop.add(0)  # row 0's client goes away after two tokens
+    assert [s[0] for s in steps] == full[0][:2] + [None] * 6  # no token of row 0 after the cancel
+    assert [s[1] for s in steps] == full[1]  # the other row is untouched
+    assert len(forwards) == 8  # prefill + 7 steps, as without the cancel (row 1 still needs them)
+    forwards.clear()
+    steps = []
+    for step in stream_generate(
+        llm, ids, mask, user_tokens=user_tokens(2), params=params, eos_token_id=NO_EOS,
+        cancelled=stop.__contains__,
+    ):  # fmt: skip
+        steps.append(step)
+        stop.add(1)
+    assert len(steps) == 1 and len(forwards) == 1  # every row cancelled: no forward after the prefill
