@@ -11,8 +11,9 @@ Nothing stops it but a signal: a Redis outage is waited out with exponential bac
 pending entries are re-processed first); an entry that cannot be decoded, a stored event that cannot
 be decoded, and the entries of a user whose update raises go to the dead-letter stream with the
 reason (counted in `userllm_worker_events_total{outcome="dead_letter"}`) and the rest of the batch is
-applied. It heart-beats (`Keys.worker`, with a TTL) so the gateway's /readyz can report a stopped
-worker, and trims stream entries every group has acknowledged.
+applied. Queued events of a user deleted after they were queued (`DELETE /users/{id}`) are dropped.
+It heart-beats (`Keys.worker`, with a TTL) so the gateway's /readyz can report a stopped worker, and
+trims stream entries every group has acknowledged.
 """
 
 from __future__ import annotations
