@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export USERLLM_CACHE_DIR := $(CACHE_DIR)
 export USERLLM_BACKBONE_DIR := $(BACKBONE_DIR)
 
-.PHONY: install backbone test run train-demo demo lint bench clean
+.PHONY: install backbone test run train-demo demo soak lint bench clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/nodeps.txt requirements/lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ run: install backbone
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+# 10 minutes of steady mixed load on the whole stack (started here), memory and latency drift per
+# process and events accepted vs applied -> docs/soak.md + docs/soak.json (not part of `make test`).
+soak: install backbone
+	@test -f $(CHECKPOINT_DIR)/userllm/manifest.json || $(MAKE) train-demo
+	$(BIN)/python loadtests/soak.py --start-stack --minutes 10
 
 # Demo checkpoints on the vendored ml-latest-small (progress bars shown): a small user encoder, then the
 # multi-task USER-LLM of the recipe "demo" (training/recipes.py): next item, favourite genre, taste and
