@@ -16,23 +16,34 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as aioredis
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import make_asgi_app
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from service import metrics
-from service.errors import EngineUnavailable, StoreUnavailable, UserNotFound, envelope, install_error_handlers
+from service.errors import (
+    EngineUnavailable,
+    StoreUnavailable,
+    UserNotFound,
+    envelope,
+    error_responses,
+    install_error_handlers,
+)
 from service.generator_client import GeneratorClient, UpstreamError
 from service.keys import Keys
 from service.redis_conn import create_redis
 from service.schemas import (
+    SSE_OK,
     EventBatch,
     EventIn,
     EventsAccepted,
+    EventsBody,
     GenerateRequest,
     GenerateResponse,
+    Id,
     RecommendRequest,
     RecommendResponse,
     UserInfo,
@@ -133,7 +144,7 @@ def _routes(app: FastAPI) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses=error_responses(503))
     async def readyz(state: StateDep) -> dict[str, str]:
         try:
             await state["redis"].ping()
@@ -145,10 +156,18 @@ def _routes(app: FastAPI) -> None:
             raise EngineUnavailable(f"generation server not ready: {exc.message}") from exc
         return {"status": "ready", "model_version": str(ready.get("model_version"))}
 
-    @app.post("/events", status_code=202, response_model=EventsAccepted, tags=["events"])
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=EventsAccepted,
+        tags=["events"],
+        responses=error_responses(400, 422, 503),
+    )
     async def post_events(
         state: StateDep,
-        body: Annotated[Any, Body(description='one event, or {"events": [...]} with up to 1,000 events')],
+        body: Annotated[
+            EventsBody, Body(description='one event, or {"events": [...]} with up to 1,000 events')
+        ],
     ) -> EventsAccepted:
         events = parse_events(body)
         items = await known_items(state)
@@ -164,7 +183,12 @@ def _routes(app: FastAPI) -> None:
         metrics.UNKNOWN_ITEMS.labels("gateway").inc(unknown or 0)
         return EventsAccepted(accepted=queued, unknown_items=unknown, duplicates=duplicates)
 
-    @app.post("/recommend", response_model=RecommendResponse, tags=["serving"])
+    @app.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        tags=["serving"],
+        responses=error_responses(400, 422, 503),
+    )
     async def recommend(body: RecommendRequest, state: StateDep) -> RecommendResponse:
         return RecommendResponse.model_validate(
             await state["generator"].post("/v1/recommend", body.model_dump())
@@ -174,7 +198,7 @@ def _routes(app: FastAPI) -> None:
         "/generate",
         response_model=GenerateResponse,
         tags=["serving"],
-        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}},
+        responses={**SSE_OK, **error_responses(400, 404, 422, 503)},
     )
     async def generate(body: GenerateRequest, state: StateDep) -> Any:
         if body.stream:
@@ -184,9 +208,17 @@ def _routes(app: FastAPI) -> None:
             await state["generator"].post("/v1/generate", body.model_dump())
         )
 
-    @app.get("/users/{user_id}", response_model=UserInfo, tags=["users"])
-    async def user(user_id: str, state: StateDep) -> UserInfo:
-        raw = await read_user_info(state["redis"], state["keys"], user_id)
+    @app.get(
+        "/users/{user_id}",
+        response_model=UserInfo,
+        tags=["users"],
+        responses=error_responses(404, 422, 503),
+    )
+    async def user(user_id: Annotated[Id, Path()], state: StateDep) -> UserInfo:
+        try:
+            raw = await read_user_info(state["redis"], state["keys"], user_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not read the user: {exc}") from exc
         seen, (version, updated_at, n_events) = raw["seen"], raw["emb"]
         if not seen and version is None:
             raise UserNotFound(f"user_id {user_id!r} has no applied events")
