@@ -25,6 +25,7 @@ from pydantic import (
 # one clients and validators use (ECMA-262, without U+0085, with U+FEFF).
 ID_PATTERN = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff{}]+$"
 MAX_INT_ID = 2**53 - 1  # the largest integer a JSON number carries exactly (JavaScript's MAX_SAFE_INTEGER)
+MIN_TEMPERATURE = 1e-4  # sampling temperatures below this decode greedily
 _ID_STRING = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}
 
 
@@ -156,7 +157,7 @@ class GenerateRequest(Strict):
     item_id: IdOrInt | None = Field(None, validate_default=True)
     rating: float | None = Field(None, ge=0, le=10, description="task 'review': the rating to write for")
     max_new_tokens: Int = Field(64, ge=1, le=256)
-    temperature: float = Field(0.7, ge=0, le=2)
+    temperature: float = Field(0.7, ge=0, le=2, description=f"0 (or below {MIN_TEMPERATURE}): greedy")
     top_p: float = Field(0.9, gt=0, le=1)
     # constraints before the validator: after it, pydantic publishes them as "ge"/"le" inside the anyOf
     seed: Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_whole_as_int)] | None = None
@@ -164,6 +165,12 @@ class GenerateRequest(Strict):
         1.1, ge=1, le=2, description="> 1 discourages tokens already in the prompt or the output (CTRL)"
     )
     stream: bool = False
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_is_greedy(cls, temperature: float) -> float:
+        # logits / 1e-108 overflow float32 (NaN probabilities); greedy is the limit of a small temperature
+        return 0.0 if temperature < MIN_TEMPERATURE else temperature
 
     @field_validator("prompt")
     @classmethod
@@ -180,12 +187,45 @@ class GenerateRequest(Strict):
         return item_id
 
 
-# The 200 of POST /generate when `stream` is true (next to the JSON GenerateResponse).
+def _sse_event(name: str, data_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "if": {"properties": {"event": {"const": name}}},
+        "then": {
+            "properties": {"data": {"contentMediaType": "application/json", "contentSchema": data_schema}}
+        },
+    }
+
+
+# The 200 of POST /generate when `stream` is true, next to the JSON GenerateResponse. `itemSchema` is one
+# event (OpenAPI 3.2, as FastAPI writes its own SSE routes); `event` is "message" when the frame has none.
 SSE_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'GenerateResponse; with `stream`, server-sent events: `data: {"text": piece}` frames, '
         "then `event: done` with the GenerateResponse, or `event: error` with the error envelope",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "event": {"enum": ["message", "done", "error"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                    "allOf": [
+                        _sse_event(
+                            "message",
+                            {
+                                "type": "object",
+                                "required": ["text"],
+                                "properties": {"text": {"type": "string"}},
+                            },
+                        ),
+                        _sse_event("done", {"$ref": "#/components/schemas/GenerateResponse"}),
+                        _sse_event("error", {"$ref": "#/components/schemas/ErrorEnvelope"}),
+                    ],
+                }
+            }
+        },
     }
 }
 
