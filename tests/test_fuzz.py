@@ -127,8 +127,6 @@ def fuzz(schema: Any, budget: dict[str, tuple[int, int]]) -> Outcomes:
 
 
 def run_cases(operation: Any, mode: GenerationMode, max_examples: int, outcomes: Outcomes) -> None:
-    random.seed(0)  # schemathesis' mutations also draw from `random`: the same cases whatever ran before
-
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=max_examples,
@@ -143,7 +141,12 @@ def run_cases(operation: Any, mode: GenerationMode, max_examples: int, outcomes:
         outcomes[operation.label, mode.value, response.status_code, media_type] += 1
         assert_error_envelope(response)
 
-    run()
+    state = random.getstate()
+    random.seed(0)  # schemathesis' mutations also draw from `random`: the same cases whatever ran before
+    try:
+        run()
+    finally:
+        random.setstate(state)
 
 
 def assert_error_envelope(response: Any) -> None:
