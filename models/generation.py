@@ -110,7 +110,8 @@ def sample_next(
         probs = (logits[i].float() / p.temperature).softmax(dim=-1)  # (V,)
         if p.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)  # (V,), (V,)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p  # mass before each token; top-1 kept
+            keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p  # mass before each token
+            keep[0] = True  # the top token always (a top_p below float32's range rounds to 0)
             sorted_probs = sorted_probs * keep
             choice = torch.multinomial(sorted_probs, 1, generator=generators[i])  # (1,)
             tokens[i] = order[choice[0]]

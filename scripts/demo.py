@@ -38,7 +38,7 @@ def show(
     print(f"\n=== {label} (personalized={rec['personalized']}, model_version={rec['model_version']}) ===")
     for item in rec["items"]:
         print(f"  {item['rank']}. {item['title']}  (score {item['score']:.3f})")
-    print("  favourite genre: " + ", ".join(f"{g} {p:.0%}" for g, p in genre["genres"]))
+    print("  favourite genre: " + ", ".join(f"{g['genre']} {g['probability']:.0%}" for g in genre["genres"]))
     print(f"  review of {titles.get(review_item, review_item)!r}: {review['text'][:300]}")
     print(f"  chat {CHAT_PROMPT!r}: {chat['text'][:300]}")
     return [i["item_id"] for i in rec["items"]], {"review": review["text"], "chat": chat["text"]}

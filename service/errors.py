@@ -1,5 +1,5 @@
-"""One error hierarchy and one JSON envelope: `{"error": <class name>, "detail": <message>}`, with
-`fields` ([{"field", "message", "type"}]) when a request field is invalid.
+"""One error hierarchy and one JSON envelope: `{"error": <class name>, "detail": <message>}`; a 422 adds
+`"fields": [{"field", "message", "type"}]`. `error_responses()` declares the envelope in the OpenAPI.
 
 An unexpected exception answers 500 `{"error": "InternalError", "detail": "internal error",
 "request_id": ...}`; its text goes to the log under that request id, never to the client. Redis
@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.request_id import HEADER, request_id
@@ -99,6 +100,63 @@ class StoreUnavailable(EngineUnavailable):
     """Redis is unreachable."""
 
 
+# --- the envelope, as published in the OpenAPI ---
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response."""
+
+    error: str = Field(description="what went wrong, e.g. UserNotFound, EngineUnavailable, ValidationError")
+    detail: str = Field(description="a message for humans")
+
+
+class FieldError(BaseModel):
+    field: str = Field(
+        description="dotted path of the invalid field, e.g. events.1.timestamp; 'body' for all"
+    )
+    message: str
+    type: str = Field(description="pydantic error type, e.g. missing, greater_than_equal, json_invalid")
+
+
+class ValidationErrorEnvelope(ErrorEnvelope):
+    """A 422: `detail` joins the `fields` as `field: message; ...`."""
+
+    fields: list[FieldError] = Field(min_length=1)
+
+
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+}
+_STATUS = {
+    400: ("The body could not be read (e.g. it is not UTF-8)", {}),
+    401: ("No API key, or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", {}),
+    403: ("The API key lacks the route's scope", {}),
+    404: ("The user or item is not known", {}),
+    413: ("The request body is larger than `USERLLM_MAX_BODY_BYTES`", {}),
+    422: ("The request is invalid: `fields` names each invalid field", {}),
+    429: ("The API key is past its requests a second; retry after `Retry-After` seconds", _RETRY_AFTER),
+    503: (
+        "Redis or the engine is unavailable or overloaded; retry after `Retry-After` seconds",
+        _RETRY_AFTER,
+    ),
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses, each with the envelope (replaces FastAPI's
+    default 422 `HTTPValidationError`, which is not what the handlers below return)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = _STATUS[status]
+        model = ValidationErrorEnvelope if status == 422 else ErrorEnvelope
+        out[status] = {
+            "model": model,
+            "description": description,
+            **({"headers": headers} if headers else {}),
+        }
+    return out
+
+
 def envelope(error: str, detail: Any) -> dict[str, Any]:
     return {"error": error, "detail": detail}
 
@@ -106,6 +164,10 @@ def envelope(error: str, detail: Any) -> dict[str, Any]:
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # loc is ("body", <character offset>): no field to name
+            message = f"{err.get('msg', '')}: {err.get('ctx', {}).get('error', '')}"
+            out.append({"field": "body", "message": message, "type": "json_invalid"})
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         out.append({"field": ".".join(loc) or "body", "message": err.get("msg", ""), "type": err.get("type")})
     return out
@@ -130,7 +192,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    name = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
     return JSONResponse(envelope(name, exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
 
 

@@ -22,12 +22,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as aioredis
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import make_asgi_app
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 
 from service import metrics
@@ -41,6 +42,7 @@ from service.errors import (
     StoreUnavailable,
     UserNotFound,
     envelope,
+    error_responses,
     install_error_handlers,
 )
 from service.generator_client import GeneratorClient, UpstreamError
@@ -48,11 +50,14 @@ from service.keys import Keys
 from service.redis_conn import create_redis
 from service.request_id import RequestIdMiddleware
 from service.schemas import (
+    SSE_OK,
     EventBatch,
     EventIn,
     EventsAccepted,
+    EventsBody,
     GenerateRequest,
     GenerateResponse,
+    Id,
     RecommendRequest,
     RecommendResponse,
     UserForgotten,
@@ -234,7 +239,7 @@ def _routes(app: FastAPI) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses=error_responses(503))
     async def readyz(state: StateDep) -> dict[str, Any]:
         settings = state["settings"]
         try:
@@ -267,10 +272,13 @@ def _routes(app: FastAPI) -> None:
         response_model=EventsAccepted,
         tags=["events"],
         dependencies=[require("ingest")],
+        responses=error_responses(400, 401, 403, 413, 422, 429, 503),
     )
     async def post_events(
         state: StateDep,
-        body: Annotated[Any, Body(description='one event, or {"events": [...]} with up to 1,000 events')],
+        body: Annotated[
+            EventsBody, Body(description='one event, or {"events": [...]} with up to 1,000 events')
+        ],
     ) -> EventsAccepted:
         events = parse_events(body)
         items = await known_items(state)
@@ -296,7 +304,11 @@ def _routes(app: FastAPI) -> None:
         return EventsAccepted(accepted=queued, unknown_items=unknown, duplicates=duplicates)
 
     @app.post(
-        "/recommend", response_model=RecommendResponse, tags=["serving"], dependencies=[require("read")]
+        "/recommend",
+        response_model=RecommendResponse,
+        tags=["serving"],
+        dependencies=[require("read")],
+        responses=error_responses(400, 401, 403, 413, 422, 429, 503),
     )
     async def recommend(body: RecommendRequest, state: StateDep) -> RecommendResponse:
         return RecommendResponse.model_validate(
@@ -307,7 +319,7 @@ def _routes(app: FastAPI) -> None:
         "/generate",
         response_model=GenerateResponse,
         tags=["serving"],
-        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"}},
+        responses={**SSE_OK, **error_responses(400, 401, 403, 404, 413, 422, 429, 503)},
         dependencies=[require("read")],
     )
     async def generate(body: GenerateRequest, state: StateDep, request: Request) -> Any:
@@ -317,17 +329,33 @@ def _routes(app: FastAPI) -> None:
         return GenerateResponse.model_validate(await cancel_on_disconnect(request, call))
 
     @app.delete(
-        "/users/{user_id}", response_model=UserForgotten, tags=["users"], dependencies=[require("admin")]
+        "/users/{user_id}",
+        response_model=UserForgotten,
+        tags=["users"],
+        dependencies=[require("admin")],
+        responses=error_responses(401, 403, 422, 429, 503),
     )
-    async def forget(user_id: str, state: StateDep) -> UserForgotten:
+    async def forget(user_id: Annotated[Id, Path()], state: StateDep) -> UserForgotten:
         """Remove the user's history, state, tokens and de-duplication keys; queued events of the user
         are dropped by the workers (the right to be forgotten)."""
-        removed = await forget_user(state["redis"], state["keys"], user_id)
+        try:
+            removed = await forget_user(state["redis"], state["keys"], user_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not forget the user: {exc}") from exc
         return UserForgotten(user_id=user_id, keys_removed=removed)
 
-    @app.get("/users/{user_id}", response_model=UserInfo, tags=["users"], dependencies=[require("read")])
-    async def user(user_id: str, state: StateDep) -> UserInfo:
-        raw = await read_user_info(state["redis"], state["keys"], user_id)
+    @app.get(
+        "/users/{user_id}",
+        response_model=UserInfo,
+        tags=["users"],
+        dependencies=[require("read")],
+        responses=error_responses(401, 403, 404, 422, 429, 503),
+    )
+    async def user(user_id: Annotated[Id, Path()], state: StateDep) -> UserInfo:
+        try:
+            raw = await read_user_info(state["redis"], state["keys"], user_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"could not read the user: {exc}") from exc
         seen, (version, updated_at, n_events) = raw["seen"], raw["emb"]
         if not seen and version is None:
             raise UserNotFound(f"user_id {user_id!r} has no applied events")

@@ -29,13 +29,16 @@ from service.batching import MicroBatcher
 from service.disconnect import cancel_on_disconnect
 from service.encoding import Encoded
 from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine, UserInput
-from service.errors import EngineUnavailable, ItemNotFound, install_error_handlers
+from service.errors import EngineUnavailable, ItemNotFound, error_responses, install_error_handlers
 from service.keys import Keys
 from service.redis_conn import create_redis
 from service.request_id import RequestIdMiddleware, request_id
 from service.schemas import (
+    SSE_OK,
     GenerateRequest,
     GenerateResponse,
+    GeneratorInfo,
+    GenreProbability,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
@@ -167,7 +170,7 @@ def _routes(app: FastAPI) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=error_responses(503))
     async def readyz(state: StateDep) -> dict[str, str]:
         try:
             await state["redis"].ping()
@@ -177,17 +180,17 @@ def _routes(app: FastAPI) -> None:
             raise EngineUnavailable("engine batchers are not running")
         return {"status": "ready", "model_version": state["engine"].model_version}
 
-    @app.get("/v1/info")
-    async def info(state: StateDep) -> dict[str, Any]:
+    @app.get("/v1/info", response_model=GeneratorInfo)
+    async def info(state: StateDep) -> GeneratorInfo:
         engine = state["engine"]
-        return {
-            "model_version": engine.model_version,
-            "device": engine.device,
-            "mode": engine.model.config.llm.mode,
-            "items": list(engine.codec.items.tokens[2:]),
-        }
+        return GeneratorInfo(
+            model_version=engine.model_version,
+            device=engine.device,
+            mode=engine.model.config.llm.mode,
+            items=list(engine.codec.items.tokens[2:]),
+        )
 
-    @app.post("/v1/recommend", response_model=RecommendResponse)
+    @app.post("/v1/recommend", response_model=RecommendResponse, responses=error_responses(400, 422, 503))
     async def recommend(body: RecommendRequest, state: StateDep) -> RecommendResponse:
         engine = state["engine"]
         user, updated_at = await resolve_user(state, body.user_id)
@@ -213,7 +216,11 @@ def _routes(app: FastAPI) -> None:
             updated_at=updated_at,
         )
 
-    @app.post("/v1/generate", response_model=GenerateResponse)
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses={**SSE_OK, **error_responses(400, 404, 422, 503)},
+    )
     async def generate(body: GenerateRequest, state: StateDep, request: Request) -> Any:
         engine = state["engine"]
         if body.item_id is not None and not engine.codec.known(body.item_id):
@@ -229,10 +236,13 @@ def _routes(app: FastAPI) -> None:
         )
         if inputs is None:  # genre: scored by the category head
             scored = await state["scorer"].submit(ScoreJob(user, k=1, task="genre"))
-            genres = [(engine.codec.categories.decode(i), p) for i, p in scored.categories]
+            genres = [
+                GenreProbability(genre=engine.codec.categories.decode(i), probability=p)
+                for i, p in scored.categories
+            ]
             return GenerateResponse(
                 **info,
-                text=genres[0][0],
+                text=genres[0].genre,
                 genres=genres,
                 prompt_tokens=len(engine.genre_prompt),
                 completion_tokens=0,

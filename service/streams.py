@@ -14,6 +14,7 @@ XTRIM MINID, XINFO GROUPS).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +68,21 @@ def _fields(event: EventIn) -> dict[Any, Any]:
     }
 
 
+def _finite(name: str, text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is not a finite number: {text!r}")
+    return value
+
+
 def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> StreamEvent:
-    """A stream entry -> StreamEvent; an undecodable (or deleted) entry comes back with `error` set."""
+    """A stream entry -> StreamEvent; an undecodable (or deleted) entry comes back with `error` set and
+    its fields in `raw` (bytes that are not UTF-8 kept as lone surrogates, PEP 383: nothing is lost)."""
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (fields or {}).items()}
+    raw = {
+        k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape")
+        for k, v in (fields or {}).items()
+    }
     try:
         if not fields:
             raise ValueError("entry deleted from the stream while pending")
@@ -80,9 +92,9 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes] 
             stream=stream,
             user_id=f["u"],
             item_id=f["i"],
-            timestamp=float(f["t"]),
+            timestamp=_finite("timestamp", f["t"]),
             event_type=f["y"],
-            rating=float(f["r"]) if f["r"] else None,
+            rating=_finite("rating", f["r"]) if f["r"] else None,
             text=f["x"] or None,
             event_id=f["e"] or None,
         )

@@ -205,7 +205,8 @@ async def test_an_invalid_event_rejects_the_whole_batch(api) -> None:
         == "colour"
     )
     garbage = await client.post("/events", content=b"{not json", headers={"content-type": "application/json"})
-    assert_envelope(garbage, 422, "ValidationError")
+    fields = assert_envelope(garbage, 422, "ValidationError")["fields"]
+    assert [f["field"] for f in fields] == ["body"]  # not the character offset ("1") of the JSON error
 
 
 async def test_recommend_cold_start_then_personalized_and_exclude_seen(api) -> None:
@@ -291,7 +292,8 @@ async def test_generate_tasks(api) -> None:
     await apply_events()
     genre = (await client.post("/generate", json={"user_id": "u5", "task": "genre"})).json()
     assert genre["text"] in GENRES and genre["personalized"] is True
-    assert abs(sum(p for _, p in genre["genres"]) - 1.0) < 1e-3
+    assert abs(sum(g["probability"] for g in genre["genres"]) - 1.0) < 1e-3
+    assert genre["genres"][0]["genre"] == genre["text"]
     review = (
         await client.post(
             "/generate",
@@ -400,3 +402,4 @@ async def test_redis_down_gives_503(settings) -> None:
         ) as client:
             assert_envelope(await client.get("/readyz"), 503, "StoreUnavailable")
             assert_envelope(await client.post("/events", json=events("u", [1])), 503, "StoreUnavailable")
+            assert_envelope(await client.get("/users/u"), 503, "StoreUnavailable")  # was a 500

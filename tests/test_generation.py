@@ -239,3 +239,11 @@ def test_a_cancelled_row_stops_at_the_next_step_and_all_cancelled_ends_the_call(
         steps.append(step)
         stop.add(1)
     assert len(steps) == 1 and len(forwards) == 1  # every row cancelled: no forward after the prefill
+
+
+def test_a_top_p_below_float32_range_keeps_the_top_token() -> None:
+    """top_p = 5e-324 (valid JSON, > 0) rounds to 0 in float32: nothing was kept and multinomial raised
+    (found by the fuzz suite through POST /generate)."""
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])
+    params = [SamplingParams(temperature=0.7, top_p=5e-324), SamplingParams(temperature=0.7, top_p=1e-30)]
+    assert sample_next(logits, params, [None, None]).tolist() == [1, 0]

@@ -215,10 +215,14 @@ async def test_undecodable_entries_go_to_the_dead_letter_stream(ctx) -> None:
     await redis.xadd(
         stream, {"u": "hal", "i": "4", "t": "not-a-number", "y": "rating", "r": "", "x": "", "e": ""}
     )
+    await redis.xadd(  # NaN used to fail the worker's Redis script for the whole batch ("not a valid float")
+        stream, {"u": "hal", "i": "6", "t": "nan", "y": "rating", "r": "", "x": "", "e": ""}
+    )
     await publish(redis, keys, [ev("hal", 5, 10)])
     await drain(worker_for(ctx))
     dead = await redis.xrange(keys.deadletter())
-    assert [json.loads(f[b"fields"])["i"] for _, f in dead] == ["3", "4"]
+    assert [json.loads(f[b"fields"])["i"] for _, f in dead] == ["3", "4", "6"]
     assert b"missing field" in dead[0][1][b"error"] and b"not-a-number" in dead[1][1][b"error"]
+    assert b"not a finite number" in dead[2][1][b"error"]
     assert [e.item_id for e in await read_history(redis, keys, "hal")] == ["5"]
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
