@@ -292,7 +292,9 @@ def _routes(app: FastAPI) -> None:
                 raise Backlogged(
                     f"{waiting} events wait for the encoder workers (max_backlog {limit}); retry later"
                 )
-            queued, duplicates = await publish(state["redis"], state["keys"], events)
+            queued, duplicates = await publish(
+                state["redis"], state["keys"], events, dedup_ttl_s=state["settings"].dedup_ttl_s
+            )
         except Backlogged:
             raise
         except Exception as exc:

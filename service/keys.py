@@ -11,7 +11,8 @@
 |                                    |        | `model_version`, `updated_at`, `last_event_id`, `n_events`, |
 |                                    |        | `rev` (compare-and-set revision of the user's record)       |
 | `{p}:seen:{user}`                  | hash   | `n_events`, `last_event_time`, `unknown_items`              |
-| `{p}:items:{user}`                 | set    | every item id the user has had an event on (exclude_seen)   |
+| `{p}:items:{user}`                 | zset   | item ids the user had events on (exclude_seen), score = the |
+|                                    |        | newest event time; the newest `items_keep` kept             |
 | `{p}:dedup:{user}:{event_id}`      | string | SET NX EX: a client `event_id` already accepted for the user |
 | `{p}:deadletter`                   | stream | entries and stored events a worker could not apply, with the |
 |                                    |        | reason (capped at `DEADLETTER_MAXLEN`)                       |
@@ -31,7 +32,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: `items` is a capped sorted set
 GROUP = "encoders"
 
 

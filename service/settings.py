@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         " and /readyz reports not ready; streams are never trimmed below unread entries",
     )
     history_keep: int = Field(200, ge=1, description="events kept per user in Redis (newest)")
+    items_keep: int = Field(
+        10_000, ge=0, description="newest seen items kept per user for exclude_seen (0: no cap)"
+    )
+    dedup_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="how long a client event_id is remembered")
 
     # --- files ---
     cache_dir: Path = Field(DEFAULT_CACHE, description="converted backbone and other caches")

@@ -103,16 +103,18 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes] 
         return StreamEvent(eid, stream, "", "", 0.0, "", None, None, None, error=reason, raw=raw)
 
 
-async def publish(redis: aioredis.Redis, keys: Keys, events: Sequence[EventIn]) -> tuple[int, int]:
+async def publish(
+    redis: aioredis.Redis, keys: Keys, events: Sequence[EventIn], *, dedup_ttl_s: int = DEDUP_TTL_S
+) -> tuple[int, int]:
     """Queue events; returns (queued, duplicates). Duplicates: an `event_id` of the same user seen in
-    the last week."""
+    the last `dedup_ttl_s` seconds (a week by default)."""
     fresh = list(events)
     duplicates = 0
     with_ids = [e for e in events if e.event_id]
     if with_ids:
         pipe = redis.pipeline(transaction=False)
         for e in with_ids:
-            pipe.set(keys.dedup(e.user_id, str(e.event_id)), b"1", nx=True, ex=DEDUP_TTL_S)
+            pipe.set(keys.dedup(e.user_id, str(e.event_id)), b"1", nx=True, ex=dedup_ttl_s)
         claimed = dict(zip([id(e) for e in with_ids], await pipe.execute(), strict=True))
         fresh = [e for e in events if not e.event_id or claimed[id(e)]]
         duplicates = len(events) - len(fresh)
@@ -265,12 +267,13 @@ def _next_id(entry_id: str) -> str:
     return f"{ms}-{int(seq) + 1}"
 
 
-async def trim_acknowledged(redis: aioredis.Redis, keys: Keys) -> int:
+async def trim_acknowledged(redis: aioredis.Redis, keys: Keys, *, approximate: bool = True) -> int:
     """XTRIM each shard below the oldest entry the group still needs; returns entries removed.
 
     The group's last-delivered id is read *before* its pending summary: an entry delivered after the
     first read has a larger id, and one delivered before it is either acknowledged or in the summary.
-    So nothing unread or unacknowledged is trimmed (approximate MINID trims at most that much).
+    So nothing unread or unacknowledged is trimmed (approximate MINID, the default, trims at most that
+    much, in whole macro nodes).
     """
     removed = 0
     for stream in keys.streams():
@@ -290,7 +293,7 @@ async def trim_acknowledged(redis: aioredis.Redis, keys: Keys) -> int:
             oldest = summary["min"]
             oldest = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
             floor = min(floor, oldest, key=lambda i: tuple(int(x) for x in i.split("-")))
-        removed += int(await redis.xtrim(stream, minid=floor, approximate=True))
+        removed += int(await redis.xtrim(stream, minid=floor, approximate=approximate))
     return removed
 
 

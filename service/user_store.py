@@ -30,8 +30,9 @@ from service.keys import Keys
 
 # KEYS: hist, evt, emb, state, seen, items, forgotten. ARGV[1]: expected revision ("" = no record yet),
 # ARGV[2]: JSON {add: [[key, score, packed]], drop: [key], emb: {...}, state: {...} | null,
-# seen: {...}, new_items: [...], n_new: int, oldest_ms: int}; bytes fields come as ARGV[3] (tokens),
-# ARGV[4] (state kv). A user forgotten (DELETE) after the oldest added event was queued is not written.
+# seen: {...}, new_items: [[item, time]], items_keep: int, n_new: int, oldest_ms: int}; bytes fields
+# come as ARGV[3] (tokens), ARGV[4] (state kv). A user forgotten (DELETE) after the oldest added event
+# was queued is not written.
 _CAS_SCRIPT = """
 local rev = redis.call('HGET', KEYS[3], 'rev')
 if (rev or '') ~= ARGV[1] then return 0 end
@@ -60,7 +61,10 @@ if u.n_new > 0 then
   redis.call('HINCRBY', KEYS[5], 'unknown_items', u.n_unknown)
   redis.call('HSET', KEYS[5], 'last_event_time', tostring(u.last_time))
 end
-for _, item in ipairs(u.new_items) do redis.call('SADD', KEYS[6], item) end
+for _, it in ipairs(u.new_items) do redis.call('ZADD', KEYS[6], 'GT', it[2], it[1]) end
+if u.items_keep > 0 and #u.new_items > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -u.items_keep - 1)
+end
 return 1
 """
 
@@ -192,8 +196,9 @@ class UserUpdate:
     state_kv: np.ndarray | None  # packed encoder state (float16) or None
     state_keys: list[str]
     n_unknown: int
-    new_items: list[str]
+    new_items: list[tuple[str, float]]  # (item id, newest event time) of the added events
     oldest_ms: int = 0  # queue time (stream entry id) of the oldest added event; 0: nothing added
+    items_keep: int = 10_000  # newest items kept in the user's seen-items set (0: no cap)
 
 
 async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpdate]) -> list[bool]:
@@ -231,7 +236,8 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             "n_new": len(up.add),
             "n_unknown": up.n_unknown,
             "last_time": max((e.timestamp for e in up.add), default=0.0),
-            "new_items": up.new_items,
+            "new_items": [[item, t] for item, t in up.new_items],
+            "items_keep": up.items_keep,
             "oldest_ms": up.oldest_ms,
         }
         argv: list[bytes | str] = [
@@ -312,7 +318,7 @@ async def read_history(redis: aioredis.Redis, keys: Keys, user_id: str) -> list[
 
 
 async def read_seen_items(redis: aioredis.Redis, keys: Keys, user_id: str) -> set[str]:
-    members = cast(set[bytes], await redis.smembers(keys.items(user_id)))
+    members = cast(list[bytes], await redis.zrange(keys.items(user_id), 0, -1))
     return {m.decode() for m in members}
 
 

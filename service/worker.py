@@ -73,6 +73,13 @@ class _Plan:
     oldest_ms: int  # queue time of the oldest stream entry behind `add`
 
 
+def _newest_per_item(events: Sequence[StoredEvent]) -> dict[str, float]:
+    newest: dict[str, float] = {}
+    for e in events:
+        newest[e.item_id] = max(newest.get(e.item_id, e.timestamp), e.timestamp)
+    return newest
+
+
 def _entry_ms(e: StreamEvent) -> int:
     return int(e.entry_id.split("-")[0])
 
@@ -98,6 +105,7 @@ class EncoderWorker:
         heartbeat_ttl_s: float = 10.0,
         trim_interval_s: float = 10.0,
         max_backoff_s: float = 5.0,
+        items_keep: int = 10_000,
     ):
         self.redis, self.keys, self.runtime, self.consumer = redis, keys, runtime, consumer
         self.history_keep = history_keep  # events kept per user in Redis
@@ -107,6 +115,7 @@ class EncoderWorker:
         self.heartbeat_ttl_s = heartbeat_ttl_s  # the heartbeat key expires this long after the last beat
         self.trim_interval_s = trim_interval_s  # how often acknowledged stream entries are trimmed
         self.max_backoff_s = max_backoff_s  # longest wait between retries while Redis is down
+        self.items_keep = items_keep  # newest items kept per user for exclude_seen
         self.started_at = time.time()
         self.applied = 0  # events applied since start (reported in the heartbeat)
 
@@ -176,8 +185,9 @@ class EncoderWorker:
             state_kv=enc.state,
             state_keys=enc.state_keys,
             n_unknown=plan.n_unknown,
-            new_items=sorted({e.item_id for e in plan.add}),
+            new_items=sorted(_newest_per_item(plan.add).items()),
             oldest_ms=plan.oldest_ms,
+            items_keep=self.items_keep,
         )
 
     # --- one micro-batch ---
@@ -398,6 +408,7 @@ async def main() -> None:
         block_ms=settings.worker_block_ms,
         claim_idle_ms=settings.claim_idle_ms,
         heartbeat_ttl_s=settings.heartbeat_ttl_s,
+        items_keep=settings.items_keep,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from service.encoding import UserTowerRuntime
 from service.keys import GROUP, Keys
 from service.redis_conn import create_redis
 from service.schemas import EventIn
-from service.streams import ensure_groups, publish, read_new
+from service.streams import ensure_groups, publish, read_new, trim_acknowledged
 from service.user_store import read_history, read_tokens
 from service.worker import EncoderWorker
 
@@ -182,3 +182,21 @@ async def test_worker_rides_out_a_redis_restart_and_applies_every_accepted_event
         await worker.redis.aclose()
         await redis.aclose()
         server.stop()
+
+
+async def test_retention_trims_only_what_every_consumer_acknowledged(ctx) -> None:
+    """Acknowledged entries are trimmed, unread and pending ones stay; seen items keep the newest
+    `items_keep`; event ids are remembered `dedup_ttl_s`."""
+    redis, keys, runtime = ctx
+    worker = make_worker(redis, keys, runtime, items_keep=3)
+    await publish(redis, keys, [ev("tia", i, i, event_id=f"t{i}") for i in range(1, 6)], dedup_ttl_s=60)
+    assert 55 <= await redis.ttl(keys.dedup("tia", "t1")) <= 60
+    await worker.process(await read_new(redis, keys, "w1", count=3, block_ms=10))  # applied and acknowledged
+    pending_batch = await read_new(redis, keys, "w1", count=1, block_ms=10)  # delivered, not acknowledged
+    assert await trim_acknowledged(redis, keys, approximate=False) == 3
+    assert sum([await redis.xlen(s) for s in keys.streams()]) == 2  # the pending one and the unread one
+    await worker.process(pending_batch)
+    await drain(worker)
+    assert await trim_acknowledged(redis, keys, approximate=False) == 2
+    assert [e.item_id for e in await read_history(redis, keys, "tia")] == ["1", "2", "3", "4", "5"]
+    assert await redis.zrange(keys.items("tia"), 0, -1) == [b"3", b"4", b"5"]
