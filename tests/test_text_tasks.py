@@ -140,6 +140,8 @@ def test_degenerate_compares_loops_with_the_bare_backbone() -> None:
 
     assert missed_targets(report(0.02, 0.02)) == ["review: 2% of the samples loop"]
     assert degenerate(report(0.02, 0.02)) == []  # the bare backbone repeats itself as often
+    assert degenerate(report(0.08, 0.04)) == []  # one sample more of 24: within LOOP_MARGIN
+    assert degenerate(report(0.15, 0.04)) == ["review: 15% of the samples loop (4% without the user)"]
     assert degenerate(report(0.5, 0.02)) == ["review: 50% of the samples loop (2% without the user)"]
     assert degenerate(report(0.0, 0.0, ratio=33.9)) == ["generic-text perplexity ratio 33.900 > 1.2"]
 

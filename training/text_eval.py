@@ -160,13 +160,19 @@ def missed_targets(report: dict[str, Any]) -> list[str]:
     return missed
 
 
+# Looping samples with the user may exceed the bare backbone's share by this much before the text counts
+# as degenerate: greedy decoding makes the small backbone repeat itself now and then too, and one sample
+# of `text-check --text_users=24` is 4 points; the degenerate scoring-only checkpoint loops on 54-79%.
+LOOP_MARGIN = 0.10
+
+
 def degenerate(report: dict[str, Any]) -> list[str]:
     """Why the personalized text counts as degenerate (empty = it does not): perplexity ratio or distinct-2
     past the targets, empty samples, or more looping samples with the user than the bare backbone writes
-    for the same requests (greedy decoding makes the small backbone repeat itself now and then too)."""
+    for the same requests, by more than LOOP_MARGIN."""
     failures = [m for m in missed_targets(report) if "loop" not in m]
     for kind, rep in report["user"]["repetition"].items():
         bare = report["cold_start"]["repetition"][kind]["looping"]
-        if rep["looping"] > bare:
+        if rep["looping"] > bare + LOOP_MARGIN:
             failures.append(f"{kind}: {rep['looping']:.0%} of the samples loop ({bare:.0%} without the user)")
     return failures
