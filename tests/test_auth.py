@@ -193,3 +193,11 @@ def test_access_log_lines_carry_no_user_ids() -> None:
     RedactUserIds().filter(record)
     assert "alice" not in record.getMessage() and "/users/{user_id}?x=1" in record.getMessage()
     assert json.dumps(record.args)  # still plain values
+
+
+def test_the_stack_prints_redis_urls_without_their_password() -> None:
+    from service.stack import redact
+
+    assert redact("redis://:s3cret@cache.internal:6380/0") == "redis://:***@cache.internal:6380/0"
+    assert redact("rediss://app:s3cret@cache/1") == "rediss://app:***@cache/1"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
