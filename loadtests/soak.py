@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--start-stack", action="store_true", help="start `python -m service.stack` first")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=20.0, help="requests a second")
+    parser.add_argument("--rate", type=float, default=8.0, help="requests a second")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--window", type=float, default=30.0, help="seconds per sample")
