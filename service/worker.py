@@ -267,7 +267,12 @@ class EncoderWorker:
                 if record.corrupt and u not in reported:
                     reported.add(u)
                     await self._dead_letter_stored(record)
-            plans = [p for u in pending if (p := self._plan(records[u], pending[u])) is not None]
+            plans = []
+            for u in list(pending):
+                if (plan := self._plan(records[u], pending[u])) is None:
+                    pending.pop(u)  # only re-deliveries of applied events
+                else:
+                    plans.append(plan)
             if not plans:
                 return updated, set()
             updates = [self._update(p, e) for p, e in zip(plans, self._encode(plans), strict=True)]
