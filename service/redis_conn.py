@@ -24,6 +24,7 @@ def _kwargs(process_name: str) -> dict[str, Any]:
         "client_name": f"userllm-{process_name}",
         "decode_responses": False,
         "socket_connect_timeout": 2.0,
+        "socket_timeout": 10.0,  # a hung Redis fails a request (503) instead of holding it forever
         "health_check_interval": 30,
     }
 

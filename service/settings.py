@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     # --- worker ---
     worker_name: str | None = Field(None, description="consumer name; default host-pid")
     worker_batch: int = Field(256, ge=1, description="stream entries read per XREADGROUP")
-    worker_block_ms: int = Field(500, ge=1, description="XREADGROUP block time")
+    worker_block_ms: int = Field(
+        500, ge=1, le=5000, description="XREADGROUP block time (below the Redis clients' 10 s socket timeout)"
+    )
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are claimed")
     worker_metrics_port: int = Field(9101, ge=0, description="Prometheus port of the worker (0: off)")
     heartbeat_ttl_s: float = Field(10.0, gt=0, description="a worker not heart-beating this long is stopped")

@@ -113,7 +113,9 @@ def test_stack_on_embedded_redis_events_change_recommendations(tiny_stack, tmp_p
             ]
             assert {"2", "4", "8", "16"}.isdisjoint(i["item_id"] for i in warm["items"])
 
-            # the stack restarts children that die: SIGKILL the generation server and the worker
+            # the stack restarts children that die: SIGKILL the generation server and the worker, once the
+            # stack itself saw the start-up end (a child exiting before that stops the stack on purpose)
+            _wait(lambda: "stack is up" in (tmp_path / "stack.log").read_text(), 30, "the stack's start-up")
             for module in ("service.generator", "service.worker"):
                 os.kill(_child_pid(proc.pid, module), signal.SIGKILL)
             _wait(lambda: (tmp_path / "stack.log").read_text().count("restarted (restart 1") == 2, 60,
