@@ -151,6 +151,7 @@ class UserRecord:
     state: dict[bytes, bytes] | None  # raw `state` hash or None
     emb_model_version: str | None
     corrupt: list[tuple[str, bytes, str]] = field(default_factory=list)  # (key, raw, reason) not decoded
+    forgotten_ms: int | None = None  # time of the user's last DELETE (within FORGET_TTL_S), if any
 
 
 def _s(value: bytes | None) -> str | None:
@@ -163,12 +164,16 @@ async def read_users(redis: aioredis.Redis, keys: Keys, user_ids: list[str]) -> 
         pipe.hmget(keys.emb(u), ["rev", "model_version"])
         pipe.hgetall(keys.evt(u))
         pipe.hgetall(keys.state(u))
+        pipe.get(keys.forgotten(u))
     replies = await pipe.execute()
     out = {}
     for i, u in enumerate(user_ids):
-        (rev, version), evt, state = replies[3 * i : 3 * i + 3]
+        (rev, version), evt, state, forgotten = replies[4 * i : 4 * i + 4]
         events, corrupt = _decode_events(evt)
-        out[u] = UserRecord(u, _s(rev) or "", events, state or None, _s(version), corrupt)
+        out[u] = UserRecord(
+            u, _s(rev) or "", events, state or None, _s(version), corrupt,
+            None if forgotten is None else int(forgotten),
+        )  # fmt: skip
     return out
 
 
@@ -274,14 +279,6 @@ async def forget_user(redis: aioredis.Redis, keys: Keys, user_id: str) -> int:
     pipe.delete(*keys.user_keys(user_id), *dedup)
     _, removed = await pipe.execute()
     return int(removed)
-
-
-async def forgotten_at(redis: aioredis.Redis, keys: Keys, user_ids: list[str]) -> dict[str, int]:
-    """Users deleted within FORGET_TTL_S -> the deletion time (ms)."""
-    if not user_ids:
-        return {}
-    stamps = await redis.mget([keys.forgotten(u) for u in user_ids])
-    return {u: int(t) for u, t in zip(user_ids, stamps, strict=True) if t is not None}
 
 
 # --- reads for serving ---

@@ -52,7 +52,6 @@ from service.user_store import (
     StoredEvent,
     UserRecord,
     UserUpdate,
-    forgotten_at,
     read_users,
     write_updates,
 )
@@ -253,24 +252,19 @@ class EncoderWorker:
         changing under this worker for MAX_CAS_ATTEMPTS rounds)."""
         pending, updated, reported = dict(by_user), 0, set()
         for _ in range(MAX_CAS_ATTEMPTS):
-            for user, at in (await forgotten_at(self.redis, self.keys, list(pending))).items():
-                kept = [e for e in pending[user] if _entry_ms(e) > at]  # queued after the deletion
-                metrics.WORKER_EVENTS.labels("forgotten").inc(len(pending[user]) - len(kept))
-                if kept:
-                    pending[user] = kept
-                else:
-                    pending.pop(user)
-            if not pending:
-                return updated, set()
             records = await read_users(self.redis, self.keys, list(pending))
             for u, record in records.items():
                 if record.corrupt and u not in reported:
                     reported.add(u)
                     await self._dead_letter_stored(record)
+                if record.forgotten_ms is not None:  # keep only events queued after the deletion
+                    kept = [e for e in pending[u] if _entry_ms(e) > record.forgotten_ms]
+                    metrics.WORKER_EVENTS.labels("forgotten").inc(len(pending[u]) - len(kept))
+                    pending[u] = kept
             plans = []
             for u in list(pending):
-                if (plan := self._plan(records[u], pending[u])) is None:
-                    pending.pop(u)  # only re-deliveries of applied events
+                if not pending[u] or (plan := self._plan(records[u], pending[u])) is None:
+                    pending.pop(u)  # only re-deliveries of applied events, or events of a forgotten user
                 else:
                     plans.append(plan)
             if not plans:
