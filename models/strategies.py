@@ -15,11 +15,14 @@ Task heads passed as `heads` always train.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 
 from models.userllm import UserLLM
 
-__all__ = ["LORA_TARGET", "STRATEGIES", "add_lora", "apply_strategy", "has_lora"]
+__all__ = ["LORA_TARGET", "STRATEGIES", "add_lora", "apply_strategy", "has_lora", "lora_disabled"]
 
 STRATEGIES = ("full", "enc", "lora", "proj")
 LORA_TARGET = r".*\.self_attn\.(q_proj|v_proj)"  # backbone self-attention only (full match by peft)
@@ -28,6 +31,28 @@ LORA_TARGET = r".*\.self_attn\.(q_proj|v_proj)"  # backbone self-attention only 
 def has_lora(module: nn.Module) -> bool:
     """True if LoRA adapters were already injected into `module`."""
     return any("lora_" in name for name, _ in module.named_parameters())
+
+
+@contextmanager
+def lora_disabled(module: nn.Module) -> Iterator[None]:
+    """`module` with its LoRA adapters switched off (a LoRA-trained backbone reads as the bare one),
+    switched back on afterwards with every `requires_grad` as it was; a no-op without LoRA."""
+    if not has_lora(module):
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    trainable = {name: p.requires_grad for name, p in module.named_parameters()}
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for name, p in module.named_parameters():
+            p.requires_grad_(trainable[name])
 
 
 def add_lora(llm: UserLLM, *, rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> None:

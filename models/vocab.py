@@ -3,7 +3,8 @@ serving so both encode events the same way.
 
 Every vocabulary reserves id 0 for padding and id 1 for unknown tokens; real tokens follow in a
 deterministic order. Item ids sort naturally (numeric ids as integers first), which is also the
-tie-break of events with equal timestamps; ratings are canonical one-decimal strings ("4.5").
+tie-break of events with equal timestamps; ratings are canonical one-decimal strings ("4.5"); review
+lengths are fixed word-count buckets (`length_bucket`, the optional `length` feature).
 Pure Python: no torch, no I/O.
 """
 
@@ -30,6 +31,30 @@ def item_sort_key(item_id: str) -> tuple[int, int, str]:
 def format_rating(rating: float | None) -> str | None:
     """Canonical rating token: one decimal (`4.0`, `4.5`); None stays None."""
     return None if rating is None else f"{float(rating):.1f}"
+
+
+LENGTH_EDGES = (2, 5, 10, 20, 40, 80)  # upper bounds (words) of the review-length buckets
+
+
+def length_bucket(text: str | None) -> str | None:
+    """Review-length token of an event's text by whitespace words: "0 words", "1-2 words", ...,
+    "41-80 words", "81+ words"; None (no text) stays None. How much a user writes is the strongest
+    per-user signal of review text (docs/text.md); the `length` feature carries it."""
+    if text is None:
+        return None
+    words, low = len(text.split()), 1
+    if words == 0:
+        return "0 words"
+    for high in LENGTH_EDGES:
+        if words <= high:
+            return f"{low}-{high} words"
+        low = high + 1
+    return f"{low}+ words"
+
+
+LENGTH_TOKENS: tuple[str, ...] = tuple(
+    dict.fromkeys(length_bucket(" ".join(["w"] * n)) or "" for n in range(LENGTH_EDGES[-1] + 2))
+)  # every bucket, shortest first: the `length` vocabulary of any data set
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,12 @@ class Vocab:
 
     def __contains__(self, token: object) -> bool:
         return token in self._index
+
+    @classmethod
+    def lengths(cls) -> Vocab:
+        """The review-length vocabulary (`length_bucket` tokens, shortest first), the same for every
+        data set so that any text encodes."""
+        return cls((PAD_TOKEN, UNK_TOKEN, *LENGTH_TOKENS))
 
     def encode(self, token: str | None) -> int:
         """Id of the token; unknown or None -> `<unk>`."""

@@ -1,10 +1,16 @@
 """User-side runtime of the worker (and of the generator's recompute path): history -> user_tokens.
 
 Loads only the user tower (encoder + Perceiver) of the USER-LLM checkpoint, so a worker needs no
-LLM. Incremental where the model allows: while a user's events fit in the encoder window and the
-new events come after the cached ones, only the new events are encoded against the cached
-key/value state; otherwise (no state, another model_version, an out-of-order event, a full
-window) the last `window` events are recomputed.
+LLM. Incremental where the model allows: when the new events come right after the cached ones and
+the cached run plus the new events fit in the encoder window, only the new events are encoded
+against the cached key/value state (exactly what a full pass over the same events gives); otherwise
+(no state, another model_version, an out-of-order event, a full window) the user is recomputed.
+
+The window slides in chunks (`slide`): a recompute of a user with more than `window` events covers
+only the newest `window - slide` of them, so the next `slide` events are incremental again and a
+long history costs one recompute per `slide + 1` updates instead of one per update. The user tokens then
+cover between `window - slide` and `window` of the newest events (docs/serving.md has the measured
+quality effect); `slide=0` always recomputes over the last `window` events.
 """
 
 from __future__ import annotations
@@ -39,27 +45,40 @@ class Encoded:
 class UserTowerRuntime:
     """Encoder + Perceiver of one checkpoint, on CPU or CUDA, in eval mode."""
 
-    def __init__(self, tower: UserTower, codec: FeatureCodec, model_version: str, device: str = "cpu"):
+    def __init__(
+        self,
+        tower: UserTower,
+        codec: FeatureCodec,
+        model_version: str,
+        device: str = "cpu",
+        *,
+        slide: int = 0,
+    ) -> None:
         self.tower = tower.eval().to(device)
         self.codec = codec
         self.model_version = model_version
         self.device = device
         self.window = tower.config.encoder.window
         self.n_heads = tower.config.encoder.n_heads
+        if not 0 <= slide < self.window:
+            raise ValueError(f"slide must be in [0, window={self.window}), got {slide}")
+        self.slide = slide  # room a recompute of a long history leaves for incremental events
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, device: str = "cpu") -> UserTowerRuntime:
+    def from_checkpoint(
+        cls, directory: str | Path, device: str = "cpu", *, slide: int = 0
+    ) -> UserTowerRuntime:
         ck = load_checkpoint(directory)
         tower = UserTower(UserTowerConfig(**ck.config["tower"]))
         state = {k[len(TOWER_PREFIX) :]: v for k, v in ck.state_dict.items() if k.startswith(TOWER_PREFIX)}
         load_state_strict(tower, state)
         codec = FeatureCodec.from_extras(ck.extras["vocab"], ck.extras["catalogue"])
-        return cls(tower, codec, ck.model_version, device)
+        return cls(tower, codec, ck.model_version, device, slide=slide)
 
     def _features(
         self, seqs: Sequence[Sequence[StoredEvent]]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        encoded = [self.codec.encode([(e.item_id, e.rating) for e in seq]) for seq in seqs]
+        encoded = [self.codec.encode([(e.item_id, e.rating, e.text) for e in seq]) for seq in seqs]
         features, mask = collate_events(encoded, max_len=self.window)
         return {k: v.to(self.device) for k, v in features.items()}, mask.to(self.device)
 
@@ -75,10 +94,15 @@ class UserTowerRuntime:
             for b, keys in enumerate(keys_per_user)
         ]
 
+    def span(self, n_events: int) -> int:
+        """Events a recompute covers for a history of `n_events`: all of them while they fit in the
+        window, else the newest `window - slide`."""
+        return n_events if n_events <= self.window else self.window - self.slide
+
     @torch.inference_mode()
     def encode_full(self, histories: Sequence[Sequence[StoredEvent]]) -> list[Encoded]:
-        """Recompute from the last `window` events of each (time-ordered) history."""
-        windows = [list(h)[-self.window :] for h in histories]
+        """Recompute from the newest `span(len(history))` events of each (time-ordered) history."""
+        windows = [list(h)[len(h) - self.span(len(h)) :] for h in histories]
         features, mask = self._features(windows)
         out = self.tower(features, mask)
         return self._finish(out.user_tokens, out.past, [[e.key for e in w] for w in windows], "full")
@@ -101,9 +125,12 @@ class UserTowerRuntime:
         return self._finish(out.user_tokens, out.past, keys, "incremental")
 
     def can_extend(self, state_keys: list[str], history: Sequence[StoredEvent], n_new: int) -> bool:
-        """The cached state covers exactly the history before the new events, and the window has room."""
-        old = [e.key for e in history[: len(history) - n_new]]
-        return bool(state_keys) and old == state_keys and len(history) <= self.window
+        """The cached state covers the newest events before the new ones (a run that ends right before
+        them), and the window has room for the new events after it."""
+        n_old = len(history) - n_new
+        if not state_keys or len(state_keys) > n_old or len(state_keys) + n_new > self.window:
+            return False
+        return [e.key for e in history[n_old - len(state_keys) : n_old]] == state_keys
 
     def state_of(self, raw: dict[bytes, bytes] | None) -> tuple[np.ndarray, list[str]] | None:
         """Decode a stored state hash when it belongs to this model_version; CorruptRecord when it does
@@ -120,8 +147,10 @@ class UserTowerRuntime:
         except ValueError as exc:
             raise CorruptRecord("unreadable state keys") from exc
         enc = self.tower.config.encoder
-        if kv.shape[::2] != (2 * enc.n_layers + 1, enc.d_model) or not isinstance(keys, list) or (
-            len(keys) != kv.shape[1]
+        if (
+            kv.shape[::2] != (2 * enc.n_layers + 1, enc.d_model)
+            or not isinstance(keys, list)
+            or (len(keys) != kv.shape[1])
         ):
             raise CorruptRecord(f"state of shape {kv.shape} does not cover its {len(keys)} event keys")
         return kv, [str(k) for k in keys]

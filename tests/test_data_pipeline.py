@@ -71,6 +71,25 @@ def test_build_vocabs_and_encode_events(movielens_root: Path) -> None:
     assert all(isinstance(ids, list) for ids in encoded["category"])
 
 
+def test_review_length_feature_buckets_and_encodes() -> None:
+    from models.vocab import LENGTH_TOKENS, length_bucket
+
+    assert [length_bucket(" ".join(["w"] * n)) for n in (0, 1, 2, 3, 10, 11, 80, 81, 500)] == [
+        "0 words", "1-2 words", "1-2 words", "3-5 words", "6-10 words", "11-20 words", "41-80 words",
+        "81+ words", "81+ words",
+    ]  # fmt: skip
+    assert length_bucket(None) is None and LENGTH_TOKENS[0] == "0 words" and LENGTH_TOKENS[-1] == "81+ words"
+    timeline = {"u": [_ev("1", 0, "A")]}
+    assert "length" not in build_vocabs(timeline) and "length" not in encode_events(
+        timeline["u"], build_vocabs(timeline)
+    )
+    vocabs = build_vocabs(timeline, length=True)
+    assert vocabs["length"].tokens[2:] == LENGTH_TOKENS  # fixed: texts of any length encode
+    events = [Event("1", 0, 4.0, ("A",), text="great read"), Event("1", 1, 4.0, ("A",), text=None)]
+    encoded = encode_events(events, vocabs)["length"]
+    assert [vocabs["length"].decode(i) for i in encoded] == ["1-2 words", "<unk>"]
+
+
 def test_encoding_of_event_without_category_is_empty_list() -> None:
     vocabs = build_vocabs({"u": [_ev("1", 0, "A")]})
     assert encode_events([_ev("1", 1)], vocabs)["category"] == [[]]

@@ -80,3 +80,26 @@ def test_heads_gather_the_last_real_position() -> None:
     llm, encoder, perceiver = _parts()
     names = apply_strategy(llm=llm, encoder=encoder, perceiver=perceiver, strategy="proj", heads=head)
     assert "heads.proj.weight" in names
+
+
+def test_lora_disabled_reads_as_the_bare_model_and_restores_training_state() -> None:
+    from models.strategies import lora_disabled
+
+    llm, encoder, perceiver = _parts()
+    ids = torch.tensor(prompts([5, 5]))
+    with torch.no_grad():
+        bare = llm(ids).logits
+    apply_strategy(llm=llm, encoder=encoder, perceiver=perceiver, strategy="lora")
+    with torch.no_grad():
+        for name, p in llm.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)  # a trained adapter
+        tuned = llm(ids).logits
+        with lora_disabled(llm):
+            assert_close(llm(ids).logits, bare, rtol=0, atol=0)
+        assert_close(llm(ids).logits, tuned, rtol=0, atol=0)
+    assert not torch.allclose(tuned, bare)
+    grads = {n: p.requires_grad for n, p in llm.named_parameters()}
+    with lora_disabled(llm):
+        pass
+    assert grads == {n: p.requires_grad for n, p in llm.named_parameters()}

@@ -137,17 +137,24 @@ def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path:
     summary = finetune(cfg)
     assert summary["step"] == 2 and "val_review" in summary["last"]
     result = evaluate(
-        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2,
-                   text_users=2, **AMAZON)  # fmt: skip
+        EvalConfig(
+            checkpoint=cfg.out_dir,
+            out_dir=str(tmp_path / "eval"),
+            max_review_examples=2,
+            text_users=2,
+            **AMAZON,
+        )  # fmt: skip
     )
     assert (
-        set(result["review"]) == {"rouge1", "rougeL", "repetition", "examples", "samples"}
+        set(result["review"])
+        == {"rouge1", "rougeL", "repetition", "examples", "samples", "rougeL_by_example"}
         and result["review"]["examples"] == 2
     )
     assert 0.0 <= result["review"]["repetition"]["distinct_2"] <= 1.0
     assert result["text"]["users"] == 2 and "ppl_ratio" in result["text"]["fluency"]
     assert {"generated", "reference"} <= set(result["review"]["samples"][0])
     assert "next_item" not in result
+    assert len(result["review"]["rougeL_by_example"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -272,7 +279,48 @@ def test_text_prompt_and_unpersonalised_review_baselines(
     before = encoder_ck.state_dict
     assert all(torch.equal(ck.state_dict[f"tower.encoder.{k}"], v) for k, v in before.items())  # unused
     result = evaluate(
-        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2,
-                   text_users=2, **AMAZON)  # fmt: skip
+        EvalConfig(
+            checkpoint=cfg.out_dir,
+            out_dir=str(tmp_path / "eval"),
+            max_review_examples=2,
+            text_users=2,
+            **AMAZON,
+        )  # fmt: skip
     )
     assert result["review"]["examples"] == 2
+
+
+def test_review_length_feature_from_training_to_the_worker(tiny_backbone: Path, tmp_path: Path):
+    """An encoder with `length_dim` reads each event's review-length bucket; the text prompt shows the
+    same bucket; the service's tower runtime encodes it from the stored event text."""
+    from service.encoding import UserTowerRuntime
+    from service.user_store import StoredEvent
+    from training.config import TrainConfig
+    from training.corpus import load_corpus, vocabs_from_dict
+    from training.history_text import history_text
+    from training.pretrain import main as pretrain
+
+    dirs = dict(out_dir=str(tmp_path / "enc"), run_dir=str(tmp_path / "r"))
+    pretrain(TrainConfig.tiny(**dirs, steps=1, length_dim=4, **AMAZON))
+    encoder_ck = load_checkpoint(tmp_path / "enc")
+    assert [f["name"] for f in encoder_ck.config["encoder"]["features"]][-1] == "length"
+    corpus = load_corpus(AMAZON["dataset"], AMAZON["path"], category=AMAZON["category"],
+                         vocabs=vocabs_from_dict(encoder_ck.extras["vocab"]))  # fmt: skip
+    ex = next(e for e in corpus.splits.test if e.history and e.history[-1].text)
+    assert ", review of " in history_text(corpus, ex.history[-1:]).splitlines()[-1]
+    cfg = FinetuneConfig(
+        encoder_dir=str(tmp_path / "enc"), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), tasks="review", steps=1, batch_size=2, eval_users=2,
+        max_review_tokens=8, cross_attn_every_n_layers=1, progress=False, **AMAZON,
+    )  # fmt: skip
+    finetune(cfg)
+    runtime = UserTowerRuntime.from_checkpoint(cfg.out_dir)
+    item = next(iter(corpus.catalogue))
+
+    def tokens(*texts: str | None):
+        events = [StoredEvent(f"k{i}", item, float(i), "review", 5.0, t) for i, t in enumerate(texts)]
+        return runtime.encode_full([events])[0].user_tokens
+
+    short, long = tokens("fine", "ok"), tokens("fine", " ".join(["word"] * 60))
+    assert runtime.codec.lengths is not None and not (short == long).all()  # the text length is read
+    assert (tokens("fine", "ok") == tokens("good", "meh")).all()  # ... and only its bucket

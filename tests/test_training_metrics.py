@@ -58,3 +58,17 @@ def test_accuracy_and_rouge() -> None:
     partial = rouge(["great film"], ["the film was great"])
     assert partial["rouge1"] == pytest.approx(2 * (2 / 2) * (2 / 4) / ((2 / 2) + (2 / 4)))
     assert partial["rougeL"] < partial["rouge1"]  # "great film" vs "film ... great": LCS 1
+
+
+def test_paired_bootstrap_gain_and_interval() -> None:
+    from training.metrics import paired_bootstrap, rouge, rouge_pairs
+
+    better = paired_bootstrap([0.2, 0.4, 0.6, 0.8], [0.1, 0.2, 0.3, 0.4])
+    assert better["gain"] == pytest.approx(1.0) and better["low"] == pytest.approx(1.0) == better["high"]
+    mixed = paired_bootstrap([0.5, 0.1, 0.5, 0.1], [0.1, 0.5, 0.1, 0.5])
+    assert mixed["gain"] == pytest.approx(0.0) and mixed["low"] < 0 < mixed["high"]
+    with pytest.raises(ValueError):
+        paired_bootstrap([0.1], [0.1, 0.2])
+    pairs = rouge_pairs(["a gift for my brother", "nice"], ["bought as gift for my brother", "nice"])
+    assert pairs[1] == {"rouge1": 1.0, "rougeL": 1.0} and 0 < pairs[0]["rougeL"] < 1
+    assert rouge(["a", "b"], ["a", "c"]) == {"rouge1": 0.5, "rougeL": 0.5}

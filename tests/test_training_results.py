@@ -57,3 +57,28 @@ def test_a_previous_report_is_an_input_and_rows_re_run_first_replace_its_rows(tm
     assert merged["movielens-100k"][0]["extra_note"] == "new"
     assert [r["model"] for r in merged["movielens-100k: ablations"]] == ["old ablation"]
     assert "![earlier-run](plots/earlier-run-loss.png)" in out.read_text()
+
+
+def test_review_rows_get_a_review_table_with_samples_beside_the_reference(tmp_path: Path) -> None:
+    def review(model: str, generated: str, **extra) -> dict:
+        rep = {"distinct_2": 0.9, "repeated_4gram_share": 0.0, "looping": 0.0, "empty": 0.0, "samples": 2}
+        samples = [{"user": "u1", "item": "i1", "generated": generated, "reference": "Bought as a gift."}]
+        return _row(model, review={"rouge1": 0.2, "rougeL": 0.15, "examples": 2, "repetition": rep,
+                                   "samples": samples}, **extra)  # fmt: skip
+
+    rows = [
+        review("USER-LLM", "Great gift.", text=None, fluency={"ppl_ratio": 1.05}),
+        review("no user input", "I love this magazine | a lot.", baseline="no-user"),
+    ]
+    rows[0]["review"]["rougeL_by_example"] = {"u1 i1": 0.3, "u2 i2": 0.1}
+    rows[1]["review"]["rougeL_by_example"] = {"u1 i1": 0.2, "u2 i2": 0.1, "u3 i3": 0.5}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(rows))
+    out = tmp_path / "report.md"
+    main(ResultsConfig(inputs=str(tmp_path / "a"), out=str(out), json_out=str(tmp_path / "all.json"),
+                       plots_dir=str(tmp_path / "plots")))  # fmt: skip
+    text = out.read_text().split("### Generated reviews")[1]
+    # paired over the two shared examples: 0.4 / 0.3 - 1; every resample lies between +0% and +50%
+    assert "| USER-LLM | 0.200 | 0.150 | 0.900 | 0.000 | 0% | 1.050 | +33.3% (+0.0% to +50.0%) |" in text
+    assert "| no user input | 0.200 | 0.150 | 0.900 | 0.000 | 0% | - | - |" in text
+    assert "| u1, i1 | Great gift. | I love this magazine \\| a lot. | Bought as a gift. |" in text

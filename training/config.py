@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 
-
 class CheckFailed(Exception):
     """A command's quality check failed (e.g. text-check: generated text misses a fluency target)."""
 
@@ -84,6 +83,8 @@ class TrainConfig:
     item_dim: int = 64  # item id embedding width
     category_dim: int = 32  # genre/category embedding width
     rating_dim: int = 16  # rating embedding width
+    length_dim: int = 0  # > 0: an event feature of this width, the length bucket of the event's review
+    # text (models/vocab.py `length_bucket`; Amazon reviews, docs/text.md); 0 = no such feature
 
     def __post_init__(self) -> None:
         positive = ("window", "stride", "batch_size", "log_interval", "eval_interval", "save_interval")
@@ -94,8 +95,8 @@ class TrainConfig:
             raise ConfigError("set steps >= 1 or epochs > 0")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
-        if self.warmup < 0 or self.max_users < 0 or self.eval_users < 0:
-            raise ConfigError("warmup, max_users and eval_users must be >= 0")
+        if self.warmup < 0 or self.max_users < 0 or self.eval_users < 0 or self.length_dim < 0:
+            raise ConfigError("warmup, max_users, eval_users and length_dim must be >= 0")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
 
@@ -215,8 +216,12 @@ class EvalConfig:
     text_users: int = 48  # USER-LLM checkpoints: users of the text report (fluency, personalization,
     # samples; training/text_eval.py); 0 = no text report
     seed: int = 1337  # seeds sampling and subsets
+    history_events: int = 0  # > 0: the models read only the newest N events of each history (what the
+    # worker's sliding window gives a user past the encoder window; service/encoding.py); 0 = the window
 
     def __post_init__(self) -> None:
+        if self.history_events < 0:
+            raise ConfigError(f"history_events must be >= 0, got {self.history_events}")
         if not self.k_list or min(self.k_list) < 1:
             raise ConfigError(f"ks must be positive integers, got {self.ks!r}")
         if self.batch_size < 1 or self.max_users < 0 or self.text_users < 0:

@@ -31,7 +31,7 @@ from training.data import (
     leave_last_out,
     load_dataset,
 )
-from training.data.vocab import FEATURES
+from training.data.vocab import FEATURES, OPTIONAL_FEATURES
 
 __all__ = [
     "Corpus",
@@ -50,7 +50,7 @@ class Corpus:
 
     dataset: Dataset
     splits: Splits
-    vocabs: dict[str, Vocab]  # "item", "category", "rating"
+    vocabs: dict[str, Vocab]  # "item", "category", "rating" (and "length" when the encoder reads it)
     catalogue: dict[str, dict[str, Any]]  # item id -> {"title", "categories"}, every vocab item
     data_sha256: str  # fingerprint of the input files
     data_files: list[str]  # the files hashed
@@ -121,8 +121,8 @@ def build_catalogue(dataset: Dataset, timelines: Mapping[str, Sequence[Event]], 
 
 
 def vocabs_from_dict(data: Mapping[str, Any]) -> dict[str, Vocab]:
-    """The vocabularies stored in a checkpoint's vocab.json."""
-    return {name: Vocab.from_dict(data[name]) for name in FEATURES}
+    """The vocabularies stored in a checkpoint's vocab.json (the optional ones when it has them)."""
+    return {name: Vocab.from_dict(data[name]) for name in (*FEATURES, *OPTIONAL_FEATURES) if name in data}
 
 
 def encoded(events: Sequence[Event], vocabs: Mapping[str, Vocab], window: int) -> dict[str, list[Any]]:
@@ -140,8 +140,10 @@ def load_corpus(
     category: str | None = None,
     max_users: int = 0,
     vocabs: Mapping[str, Vocab] | None = None,
+    length: bool = False,
 ) -> Corpus:
-    """Load, optionally cut to the first `max_users` users, split leave-last-out, build vocabularies.
+    """Load, optionally cut to the first `max_users` users, split leave-last-out, build vocabularies
+    (with the review-length one when `length`).
 
     Pass `vocabs` (from a checkpoint) to encode with the model's ids instead of rebuilding them.
     """
@@ -158,7 +160,7 @@ def load_corpus(
             data.name, {u: data.timelines[u] for u in kept}, data.items, data.skipped, data.counters
         )
     splits = leave_last_out(data)
-    vocab_map = dict(vocabs) if vocabs is not None else build_vocabs(splits.train)
+    vocab_map = dict(vocabs) if vocabs is not None else build_vocabs(splits.train, length=length)
     source = Path(path) if path is not None else ML_LATEST_SMALL
     sha, files = data_fingerprint(source)
     catalogue = build_catalogue(data, splits.train, vocab_map["item"])

@@ -35,9 +35,9 @@ from training.config import EvalConfig
 from training.corpus import Corpus, encoded, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
 from training.generic_text import generic_texts
-from training.metrics import accuracy, ranking_metrics, rouge, seen_mask, target_ranks
+from training.metrics import accuracy, ranking_metrics, rouge, rouge_pairs, seen_mask, target_ranks
 from training.tasks import TaskRunner
-from training.text_eval import text_report
+from training.text_eval import perplexity_ratio, text_report
 from training.text_metrics import repetition_summary
 from training.text_tasks import TextTasks
 from training.userllm_setup import load_userllm
@@ -116,13 +116,14 @@ def load_encoder(directory: str | Path) -> tuple[UserEncoder, dict[str, Any], An
     return encoder_from_checkpoint(ck, directory), ck.extras["vocab"], ck
 
 
-def encoder_scorers(encoder: UserEncoder, corpus: Corpus) -> tuple[Scorer, Callable]:
-    """(next-item scorer, favourite-category predictor) of a pretrained encoder.
+def encoder_scorers(encoder: UserEncoder, corpus: Corpus, history_events: int = 0) -> tuple[Scorer, Callable]:
+    """(next-item scorer, favourite-category predictor) of a pretrained encoder, reading the newest
+    `window` events (or `history_events` when smaller and > 0).
 
     Next item: the item head's logits at the last real history event (SASRec-style). Favourite
     category: argmax of the category head's mean log-probabilities over the history's events.
     """
-    window = encoder.config.window
+    window = min(encoder.config.window, history_events or encoder.config.window)
     categories = corpus.vocabs["category"]
 
     @torch.no_grad()
@@ -151,15 +152,18 @@ def encoder_scorers(encoder: UserEncoder, corpus: Corpus) -> tuple[Scorer, Calla
 # --- a USER-LLM checkpoint: scores, reviews and generated text ---
 
 
-def userllm_runner(ck: Checkpoint, corpus: Corpus) -> TaskRunner:
-    """The checkpoint's model with the prompts it was trained on (same prompt cut and user input)."""
+def userllm_runner(ck: Checkpoint, corpus: Corpus, history_events: int = 0) -> TaskRunner:
+    """The checkpoint's model with the prompts it was trained on (same prompt cut and user input); the
+    user tower reads the newest `history_events` events when that is smaller than its window."""
     model, tokenizer = load_userllm(ck)
     train_cfg = ck.manifest.get("train_config") or {}  # the baselines' training-only choices
-    return TaskRunner(
+    runner = TaskRunner(
         model, tokenizer, corpus, model.config.prompt_tokens or 1_000_000, reuse_lower=True,
         user_input=train_cfg.get("user_input", "embeddings"), text_events=train_cfg.get("text_events", 50),
         text_tokens=train_cfg.get("text_tokens", 1024),
     )  # fmt: skip
+    runner.window = min(runner.window, history_events or runner.window)
+    return runner
 
 
 def userllm_text_report(runner: TaskRunner, examples: Sequence[Example], users: int) -> dict[str, Any]:
@@ -172,14 +176,17 @@ def userllm_text_report(runner: TaskRunner, examples: Sequence[Example], users: 
 @torch.no_grad()
 def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: Sequence[Example]) -> dict:
     """Next-item (both protocols), favourite genre, ROUGE for review-trained models, and the text report
-    (fluency, repetition, personalization, samples) on `cfg.text_users` users."""
-    runner = userllm_runner(ck, corpus)
+    (fluency, repetition, personalization, samples) on `cfg.text_users` users (for the text-prompt and
+    no-user baselines: the generic-text perplexity ratio only)."""
+    runner = userllm_runner(ck, corpus, cfg.history_events)
     model = runner.model
     tasks = ck.manifest.get("tasks", ["next_item", "favourite_category"])
     cats = corpus.vocabs["category"]
     result: dict[str, Any] = {
         "model": cfg.label or f"USER-LLM ({model.config.llm.mode}, {model.config.strategy})"
     }
+    if runner.user_input == "none":  # the report compares the other review rows with this one
+        result["baseline"] = "no-user"
     if "next_item" in tasks:
         result["next_item"] = evaluate_next_item(
             lambda chunk: runner.scores(chunk, "next_item"), corpus, examples, ks=cfg.k_list,
@@ -201,10 +208,17 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
         refs = [ex.target.text or "" for ex in chosen]
         samples = [{"user": ex.user, "item": ex.target.item, "generated": p, "reference": r}
                    for ex, p, r in zip(chosen[:5], preds, refs, strict=False)]  # fmt: skip
+        pairs = rouge_pairs(preds, refs)
         result["review"] = {**rouge(preds, refs), "repetition": repetition_summary(preds),
-                            "examples": len(chosen), "samples": samples}  # fmt: skip
+                            "examples": len(chosen), "samples": samples,
+                            "rougeL_by_example": {f"{ex.user} {ex.target.item}": p["rougeL"]
+                                                  for ex, p in zip(chosen, pairs, strict=True)}}  # fmt: skip
     if cfg.text_users > 0 and runner.user_input == "embeddings":
         result["text"] = userllm_text_report(runner, examples, cfg.text_users)
+    elif cfg.text_users > 0:  # the baselines: how far their fine-tuning moved generic text (no user tokens)
+        backbone_dir = runner.model.llm.backbone.name_or_path
+        _, held_out = generic_texts(runner.model.llm, runner.tokenizer, backbone_dir)
+        result["fluency"] = perplexity_ratio(TextTasks(runner), held_out, list(examples[: cfg.text_users]))
     return result
 
 
@@ -240,7 +254,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     examples = corpus.examples(cfg.split)
     if ck.manifest["kind"] == "encoder":
         encoder, _, _ = load_encoder(cfg.checkpoint)
-        score_items, predict_genre = encoder_scorers(encoder, corpus)
+        score_items, predict_genre = encoder_scorers(encoder, corpus, cfg.history_events)
         result = {
             "model": cfg.label or "sequence-only (pretrained encoder item head)",
             "next_item": evaluate_next_item(

@@ -18,7 +18,6 @@ backbone id (content hash) and folder, the encoder's model_version, data hash, g
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from models.backbone import backbone_id
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.personalized import PersonalizedLM
-from training.config import FinetuneConfig, get_lr, seed_everything
+from training.config import FinetuneConfig, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
 from training.distill import EncoderTeacher
@@ -38,7 +38,7 @@ from training.evaluate import encoder_from_checkpoint
 from training.generic_text import generic_texts
 from training.metrics import ranking_metrics, target_ranks
 from training.pretrain import batch_order
-from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
+from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
 from training.tasks import TaskRunner, nouns, training_examples
 from training.text_tasks import TEXT_TASKS, TOP_K, TextTasks
 from training.userllm_setup import (
@@ -64,7 +64,8 @@ def validate(
     text: TextTasks | None = None,
 ) -> dict:  # fmt: skip
     """Mean task loss (the model-selection value) + next-item Recall@10 / genre accuracy. Language tasks
-    are validated on the first TEXT_VALID_USERS examples that they can use."""
+    are validated on the first TEXT_VALID_USERS examples that they can use, reviews on the examples
+    with a review text."""
     runner.model.eval()
     losses: dict[str, list[float]] = {t: [] for t in tasks}
     counts = {t: 0 for t in tasks}
@@ -81,8 +82,10 @@ def validate(
         for task in tasks:
             if task in TEXT_TASKS:
                 continue
-            losses[task].append(float(runner.loss(chunk, task, distill=False)) * len(chunk))
-            counts[task] += len(chunk)
+            used = [ex for ex in chunk if ex.target.text] if task == "review" else chunk  # reviews need text
+            if used:
+                losses[task].append(float(runner.loss(used, task, distill=False)) * len(used))
+                counts[task] += len(used)
         if "next_item" in tasks:
             ranks.append(target_ranks(runner.scores(chunk, "next_item"), runner.labels(chunk, "next_item")))
         if "favourite_category" in tasks:
@@ -142,7 +145,7 @@ def build_pools(
 
 
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
-    start = time.perf_counter()
+    start_time = time.perf_counter()
     encoder_ck = load_checkpoint(cfg.encoder_dir)
     corpus = load_corpus(
         cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
@@ -174,9 +177,8 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         init_head_centers(runner)
         if cfg.head_bias_prior:
             init_bias_prior(runner, pools)
-    # validate on the classification tasks when there are any (cheap), else on the review loss
-    # each task once (the cycle may repeat one); language tasks included
-    val_tasks = list(dict.fromkeys(t for t in cfg.task_list if t != "review")) or ["review"]
+    # validate on each task once (the cycle may repeat one), language tasks and reviews included
+    val_tasks = list(dict.fromkeys(cfg.task_list))
     valid = [ex for ex in corpus.splits.valid if val_tasks != ["review"] or ex.target.text]
     valid = valid[: cfg.eval_users or None]
     total = cfg.steps
@@ -184,65 +186,48 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = configure_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
     split_new_parameters(optimizer, model, cfg)
-    step, best_val, val = 0, math.inf, None
+    start = Resumed()
     if cfg.resume:
         model.load_checkpoint_state(load_checkpoint(run_dir / LAST))
         state = load_trainer_state(run_dir, optimizer)
-        step, best_val, val = state["step"], state["best_val"], state.get("val")
+        start = Resumed(state["step"], state["best_val"], state.get("val"))
     extra_manifest = {
         "backbone_id": backbone_id(backbone_dir), "backbone_dir": str(backbone_dir),
         "encoder_model_version": encoder_ck.model_version,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }  # fmt: skip
-    log = RunLog(run_dir, start=step, total=total, progress=cfg.progress, resume=cfg.resume)
+    log = RunLog(run_dir, start=start.step, total=total, progress=cfg.progress, resume=cfg.resume)
     log.note(f"fine-tuning {extra_manifest['trainable_parameters']:,} trainable parameters "
              f"({cfg.mode}, {cfg.strategy}) on {', '.join(f'{t} {len(p):,}' for t, p in pools.items())} "
-             f"examples, steps {step} -> {total}")  # fmt: skip
+             f"examples, steps {start.step} -> {total}")  # fmt: skip
     if text is not None and text.teacher_mass:
         log.note(f"generic KL: the bare backbone's top {TOP_K} tokens hold {text.teacher_mass:.1%} of its "
                  f"next-token mass on {len(text.generic)} generic texts")  # fmt: skip
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, loss_count, record = 0.0, 0, {}
     task_names = list(cfg.task_list)  # the cycle of tasks, one per step (a task may appear twice)
     batch_sizes = {t: cfg.text_batch_size if t in TEXT_TASKS and cfg.text_batch_size else cfg.batch_size
                    for t in task_names}  # fmt: skip
-    while step < total:
-        lr = get_lr(step, cfg, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
+
+    def loss_at(step: int) -> tuple[Tensor, dict[str, Any]]:
         task = task_names[step % len(task_names)]
         pool = pools[task]
         cycle, pos = divmod(step, len(task_names))
         turn = cycle * task_names.count(task) + task_names[:pos].count(task)  # this task's batch number
         batch = [pool[i] for i in batch_order(turn, len(pool), batch_sizes[task], cfg.seed)]
         if text is not None and task in TEXT_TASKS:
-            loss = text.loss(batch, task, step)
-        else:
-            loss = runner.loss(batch, task)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        log.step()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-        extra: dict[str, float] = {}
-        if step % cfg.eval_interval == 0 or step == total:
-            extra = validate(runner, valid, val_tasks, cfg.batch_size, text)
-            val = extra.pop("val")
-            if val < best_val:
-                best_val = val
-                save_userllm(
-                    cfg.out_dir, model, corpus, cfg, {**extra_manifest, "step": step, "best_val": val}
-                )
-        if step % cfg.log_interval == 0 or step == total or extra:
-            record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, task=task, **extra)
-            loss_sum, loss_count = 0.0, 0
-        if step % cfg.save_interval == 0 or step == total:
-            save_userllm(run_dir / LAST, model, corpus, cfg, {**extra_manifest, "step": step})
-            save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
-    log.close()
-    return {"step": step, "best_val": best_val, "last": record, "out_dir": cfg.out_dir,
-            "run_dir": str(run_dir), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            return text.loss(batch, task, step), {"task": task}
+        return runner.loss(batch, task), {"task": task}
+
+    summary = fit_loop(
+        cfg, total=total, start=start, optimizer=optimizer,
+        params=[p for p in model.parameters() if p.requires_grad], log=log, loss_at=loss_at,
+        validate=lambda: validate(runner, valid, val_tasks, cfg.batch_size, text),
+        save_best=lambda step, val: save_userllm(
+            cfg.out_dir, model, corpus, cfg, {**extra_manifest, "step": step, "best_val": val}
+        ),
+        save_last=lambda step: save_userllm(
+            run_dir / LAST, model, corpus, cfg, {**extra_manifest, "step": step}
+        ),
+    )  # fmt: skip
+    return {**summary, "out_dir": cfg.out_dir, "run_dir": str(run_dir),
+            "seconds": round(time.perf_counter() - start_time, 1)}  # fmt: skip

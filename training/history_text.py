@@ -1,9 +1,10 @@
 """A user's history rendered as text, for the text-prompt baseline (USER-LLM, arXiv 2402.13598, Sec. 4).
 
 Text-prompt contextualization puts the history into the prompt instead of user embeddings:
-"1. Toy Story (1995) (Animation, Children's, Comedy): 4/5", oldest first. `fit_history` keeps the
-newest events that fit a token budget (whole lines, the oldest dropped first), for any instructions
-of `models/prompts.py`, so USER-LLM and text-prompt share the instruction wording.
+"1. Toy Story (1995) (Animation, Children's, Comedy): 4/5", oldest first; with the encoder's review-length
+feature, the same bucket as text (", review of 6-10 words"), so both ways see the same information.
+`fit_history` keeps the newest events that fit a token budget (whole lines, the oldest dropped first),
+for any instructions of `models/prompts.py`, so USER-LLM and text-prompt share the instruction wording.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 from models.prompts import instruction, nouns, prompt_ids
 from training.corpus import Corpus
 from training.data import Event, format_rating
+from training.data.vocab import length_bucket
 
 __all__ = ["fit_history", "history_text"]
 
 
 def history_text(corpus: Corpus, events: Sequence[Event]) -> str:
     """The numbered history block, oldest first, that `instruction(..., history=)` puts before the task:
-    "1. Title (Genre, Genre): 4/5" lines (the item id when the title is unknown, no rating part without)."""
+    "1. Title (Genre, Genre): 4/5" lines (the item id when the title is unknown, no rating part without;
+    ", review of N-M words" when the corpus has the `length` vocabulary and the event a text)."""
     noun, lines = nouns(corpus.dataset.name)[0], []
     if not events:
         return f"This user has no {noun} history yet."
@@ -30,7 +33,9 @@ def history_text(corpus: Corpus, events: Sequence[Event]) -> str:
         title = (corpus.catalogue.get(event.item) or {}).get("title") or (item and item.title) or event.item
         categories, rating = ", ".join(event.categories), format_rating(event.rating)
         rated = f": {rating.removesuffix('.0')}/5" if rating else ""
-        lines.append(f"{i}. {title}" + (f" ({categories})" if categories else "") + rated)
+        length = length_bucket(event.text) if "length" in corpus.vocabs else None
+        wrote = f", review of {length}" if length else ""
+        lines.append(f"{i}. {title}" + (f" ({categories})" if categories else "") + rated + wrote)
     verb = "rated" if any(e.rating is not None for e in events) else "chose"
     return "\n".join([f"{noun.capitalize()}s this user {verb}, oldest first:", *lines])
 

@@ -1,4 +1,4 @@
-"""Offline metrics: next-item Recall@K / NDCG@K with full ranking, accuracy, ROUGE.
+"""Offline metrics: next-item Recall@K / NDCG@K with full ranking, accuracy, ROUGE, a paired bootstrap.
 
 Full ranking: every catalogue item (vocabulary ids >= 2) is a candidate, never a sample of negatives
 (sampled metrics are inconsistent with the full ones: Krichene & Rendle, KDD 2020). With one held-out
@@ -16,12 +16,15 @@ Shapes: B users, V item vocabulary (ids 0 pad, 1 unknown, >= 2 items).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "ranking_metrics", "rouge", "seen_mask", "target_ranks"]
+__all__ = [
+    "accuracy", "paired_bootstrap", "ranking_metrics", "rouge", "rouge_pairs", "seen_mask", "target_ranks",
+]  # fmt: skip
 
 NON_ITEM_IDS = (0, 1)  # padding and unknown are never candidates
 
@@ -80,17 +83,37 @@ def accuracy(predictions: Sequence[object], labels: Sequence[object]) -> float:
     return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels) if labels else 0.0
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1 and ROUGE-L F1 (`rouge-score`, Porter stemming) over the pairs."""
+def rouge_pairs(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
+    """ROUGE-1 and ROUGE-L F1 (`rouge-score`, Porter stemming) of each (prediction, reference) pair."""
     from rouge_score import rouge_scorer  # imported only where review generation is evaluated
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rougeL": 0.0}
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(reference, prediction)
-        for key in totals:
-            totals[key] += scores[key].fmeasure
-    n = max(1, len(predictions))
-    return {key: value / n for key, value in totals.items()}
+    return [
+        {key: score.fmeasure for key, score in scorer.score(reference, prediction).items()}
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 and ROUGE-L F1 over the pairs (`rouge_pairs`)."""
+    pairs = rouge_pairs(predictions, references)
+    n = max(1, len(pairs))
+    return {key: sum(p[key] for p in pairs) / n for key in ("rouge1", "rougeL")}
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, samples: int = 2000, seed: int = 0) -> dict:
+    """Relative gain of mean(a) over mean(b) on the same examples, with a 95% percentile interval from
+    resampling the examples (paired bootstrap)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long non-empty score lists, got {len(a)} and {len(b)}")
+    rng = random.Random(seed)
+    n, gains = len(a), []
+    for _ in range(samples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        base = sum(b[i] for i in idx)
+        gains.append(sum(a[i] for i in idx) / base - 1 if base else 0.0)
+    gains.sort()
+    return {"gain": sum(a) / sum(b) - 1 if sum(b) else 0.0, "low": gains[int(0.025 * samples)],
+            "high": gains[int(0.975 * samples) - 1], "examples": n}  # fmt: skip

@@ -29,11 +29,11 @@ from models.checkpoint import load_checkpoint, load_state_strict, save_checkpoin
 from models.event_embedding import FeatureConfig
 from models.features import collate_events
 from models.user_encoder import UserEncoder, UserEncoderConfig
-from training.config import TrainConfig, get_lr, seed_everything
+from training.config import TrainConfig, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus
 from training.data import Vocab, encode_events, sliding_windows
 from training.metrics import ranking_metrics, target_ranks
-from training.run import LAST, RunLog, configure_optimizer, load_trainer_state, save_trainer_state
+from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
 
 __all__ = ["encoder_config", "last_event_losses", "main", "save_encoder", "validate"]
 
@@ -45,10 +45,11 @@ Batch = tuple[dict[str, Tensor], Tensor]
 
 def encoder_config(cfg: TrainConfig, vocabs: dict[str, Vocab]) -> UserEncoderConfig:
     """Encoder config with the data's vocabulary sizes (at least 3: pad, unknown, one value)."""
-    dims = {"item": cfg.item_dim, "category": cfg.category_dim, "rating": cfg.rating_dim}
+    dims = dict(item=cfg.item_dim, category=cfg.category_dim, rating=cfg.rating_dim, length=cfg.length_dim)
     features = tuple(
         FeatureConfig(name=n, vocab_size=max(3, len(vocabs[n])), multi_valued=n == "category", dim=dims[n])
-        for n in ("item", "category", "rating")
+        for n in ("item", "category", "rating", "length")
+        if n in vocabs
     )
     return UserEncoderConfig(
         features=features, fusion=cfg.fusion, d_model=cfg.d_model, n_layers=cfg.n_layers,
@@ -142,55 +143,38 @@ def save_encoder(
 def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[dict], total: int) -> dict:
     run_dir = Path(cfg.resolved_run_dir)
     optimizer = configure_optimizer(encoder, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
-    step, best_val, val = 0, math.inf, None
+    start = Resumed()
     if cfg.resume:
         load_state_strict(encoder, load_checkpoint(run_dir / LAST).state_dict)
         state = load_trainer_state(run_dir, optimizer)
-        step, best_val, val = state["step"], state["best_val"], state.get("val")
+        start = Resumed(state["step"], state["best_val"], state.get("val"))
     val_batches = validation_batches(corpus, cfg)
-    log = RunLog(run_dir, start=step, total=total, progress=cfg.progress, resume=cfg.resume)
+    log = RunLog(run_dir, start=start.step, total=total, progress=cfg.progress, resume=cfg.resume)
     log.note(f"pretraining {sum(p.numel() for p in encoder.parameters()):,} parameters on "
-             f"{len(windows):,} windows, steps {step} -> {total}")  # fmt: skip
+             f"{len(windows):,} windows, steps {start.step} -> {total}")  # fmt: skip
     encoder.train()
-    loss_sum, loss_count, record = 0.0, 0, {}
-    while step < total:
-        lr = get_lr(step, cfg, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_at(step: int) -> tuple[Tensor, dict[str, Any]]:
         features, mask = collate_events(
             [windows[i] for i in batch_order(step, len(windows), cfg.batch_size, cfg.seed)],
             max_len=cfg.window,
         )
-        loss = encoder.pretrain_loss(features, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        log.step()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-        extra: dict[str, float] = {}
-        if step % cfg.eval_interval == 0 or step == total:
-            extra = validate(encoder, val_batches)
-            val = extra.pop("val")
-            if val < best_val:
-                best_val = val
-                save_encoder(cfg.out_dir, encoder, corpus, cfg, step=step, best_val=val)
-        if step % cfg.log_interval == 0 or step == total or extra:
-            record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, **extra)
-            loss_sum, loss_count = 0.0, 0
-        if step % cfg.save_interval == 0 or step == total:
-            save_encoder(run_dir / LAST, encoder, corpus, cfg, step=step)
-            save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
-    log.close()
-    return {"step": step, "best_val": best_val, "last": record}
+        return encoder.pretrain_loss(features, mask), {}
+
+    return fit_loop(
+        cfg, total=total, start=start, optimizer=optimizer, params=list(encoder.parameters()), log=log,
+        loss_at=loss_at, validate=lambda: validate(encoder, val_batches),
+        save_best=lambda step, val: save_encoder(cfg.out_dir, encoder, corpus, cfg, step=step, best_val=val),
+        save_last=lambda step: save_encoder(run_dir / LAST, encoder, corpus, cfg, step=step),
+    )  # fmt: skip
 
 
 def main(cfg: TrainConfig) -> dict:
     """Load data, build the encoder, train, and return a summary (best val, paths)."""
     start = time.perf_counter()
-    corpus = load_corpus(cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
+    corpus = load_corpus(
+        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users, length=cfg.length_dim > 0
+    )
     windows = [
         encode_events(w.events, corpus.vocabs)
         for w in sliding_windows(corpus.splits.train, window=cfg.window, stride=cfg.stride)

@@ -48,6 +48,10 @@ _MULTITASK_NEXT_ITEM = (
     "next_item,favourite_category,next_item,generic,next_item,taste,next_item,suggest,generic"
 )
 _ML100K = dict(dataset="movielens-100k", path="../shared/data/movielens-100k")
+# Amazon 2018 Magazine_Subscriptions reviews (the paper's review task; docs/text.md "Amazon reviews")
+_AMAZON_MAG = dict(
+    dataset="amazon-2018", path="../shared/data/amazon-2018-5core", category="Magazine_Subscriptions"
+)
 
 RECIPES: dict[tuple[str, str], Recipe] = {
     (r.command, r.name): r
@@ -63,6 +67,16 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         Recipe("finetune", "demo-next-item", "the scoring-only demo recipe (next item + genre heads)",
                dict(_USERLLM, dataset="movielens-latest", steps=500, batch_size=16, warmup=20,
                     eval_interval=250, save_interval=250, log_interval=50, eval_users=200)),
+        Recipe("pretrain-encoder", "amazon-mag",
+               "2-layer encoder on Amazon Magazine_Subscriptions with the review-length feature",
+               dict(_AMAZON_MAG, n_layers=2, epochs=30, batch_size=32, length_dim=16, eval_interval=50,
+                    save_interval=100)),
+        Recipe("finetune", "amazon-review",
+               "USER-LLM reviews (Amazon magazines): LoRA + cross-attention, review LM + generic KL",
+               dict(_AMAZON_MAG, strategy="lora", tasks="review,review,generic", steps=300, batch_size=8,
+                    warmup=20, eval_interval=100, save_interval=100, log_interval=20,
+                    cross_attn_layers="-4,-3,-2,-1", gate_init=0.5, perceiver_recency=True,
+                    last_event_token=True, new_lr_mult=3.0, lr=6e-4, min_lr=6e-5)),
         Recipe("pretrain-encoder", "ml-100k", "2-layer encoder on ML-100K (docs/results.md)",
                dict(_ML100K, n_layers=2, epochs=60, batch_size=128)),
         Recipe("finetune", "ml-100k-next-item", "single-task USER-LLM on ML-100K: R@10 0.089 / 0.135",

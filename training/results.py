@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.results_text import text_tables
+from training.results_text import review_tables, text_tables
 
 __all__ = ["ANCHORS", "ResultsConfig", "main", "markdown_table", "plot_results"]
 
@@ -213,6 +213,7 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
     for dataset, rows in by_dataset.items():
         lines += [f"## {dataset}", "", markdown_table(rows, ANCHORS.get(dataset, ())), ""]
         lines += text_tables(rows)
+        lines += review_tables(rows)
         plot = plot_results(rows, plots, f"{re.sub(r'[^A-Za-z0-9_.]+', '-', dataset)}-next_item.png")
         if plot is not None:
             lines += [f"![{dataset} next-item]({os.path.relpath(plot, Path(cfg.out).parent)})", ""]

@@ -1,5 +1,7 @@
 """Generation tables of the results report: fluency, personalization and samples of each USER-LLM row
-that carries a text report (`evaluate` / `text-check`, training/text_eval.py).
+that carries a text report (`evaluate` / `text-check`, training/text_eval.py), and the review table of
+the rows that generated reviews (ROUGE, repetition, generic-text perplexity ratio, samples side by side
+with the reference).
 
 Fluency: generic-text perplexity with the user's tokens / the bare backbone's; distinct-2 and the share
 of looping samples of the chat, review and taste answers. Personalization: taste answers that name the
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["text_tables"]
+__all__ = ["review_tables", "text_tables"]
 
 KINDS = ("chat", "review", "taste")
 PERSONALIZATION = {
@@ -80,3 +82,54 @@ def text_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
                 lines.append(f"| {_quote(request, 80)} | {_quote(user)} | {_quote(cold)} |")
         lines.append("")
     return lines
+
+
+def review_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
+    """Markdown lines: one row per model that generated reviews (with its ROUGE-L gain over the row
+    marked `"baseline": "no-user"`, paired over the same examples, when there is one), then the first
+    `samples` reviews of every model beside the user's real one ([] without review rows)."""
+    rows = [r for r in rows if r.get("review")]
+    if not rows:
+        return []
+    base = next((r for r in rows if r.get("baseline") == "no-user"), None)  # the paired comparison's base
+    head = ["model", "ROUGE-1", "ROUGE-L", "distinct-2", "repeated 4-gram share", "looping", "ppl ratio"]
+    head += ["ROUGE-L vs no user input (95% CI)"] if base else []
+    lines = ["### Generated reviews", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        review = row["review"]
+        rep = review.get("repetition") or {}
+        fluency = (row.get("text") or {}).get("fluency") or row.get("fluency") or {}
+        cells = [row["model"], _f(review["rouge1"]), _f(review["rougeL"])]
+        cells += [_f(rep[k]) if k in rep else "-" for k in ("distinct_2", "repeated_4gram_share")]
+        cells += [f"{rep['looping']:.0%}" if "looping" in rep else "-"]
+        cells += [_f(fluency["ppl_ratio"]) if "ppl_ratio" in fluency else "-"]
+        cells += [_gain(row, base)] if base else []
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Greedy reviews of {rows[0]['review']['examples']} test users (48 new tokens at most, the service's "
+        "repetition penalty); ppl ratio: held-out generic text, the fine-tuned model (with the user's tokens "
+        "where it has them) against the bare backbone (LoRA off). Targets: ratio <= 1.2, distinct-2 >= 0.6.",
+        "",
+        "| user, item | " + " | ".join(r["model"] for r in rows) + " | the user's review |",
+        "|" + "---|" * (len(rows) + 2),
+    ]
+    by_key = [{(s["user"], s["item"]): s for s in r["review"].get("samples", [])} for r in rows]
+    for first in rows[0]["review"].get("samples", [])[:samples]:
+        key = (first["user"], first["item"])
+        cells = [f"{key[0]}, {key[1]}"] + [_quote(m[key]["generated"]) if key in m else "-" for m in by_key]
+        lines.append("| " + " | ".join([*cells, _quote(first["reference"])]) + " |")
+    return [*lines, ""]
+
+
+def _gain(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """Relative ROUGE-L gain of `row` over `base` on the examples both generated, with a paired
+    bootstrap interval ("-" for the base itself or without per-example scores)."""
+    from training.metrics import paired_bootstrap
+
+    mine, theirs = (r["review"].get("rougeL_by_example") or {} for r in (row, base))
+    shared = sorted(set(mine) & set(theirs))
+    if row is base or not shared:
+        return "-"
+    gain = paired_bootstrap([mine[k] for k in shared], [theirs[k] for k in shared])
+    return f"{gain['gain']:+.1%} ({gain['low']:+.1%} to {gain['high']:+.1%})"

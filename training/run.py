@@ -1,4 +1,6 @@
-"""Training-loop plumbing shared by pretraining and fine-tuning: optimizer, log lines, resume state.
+"""The training loop shared by pretraining and fine-tuning (`fit_loop`), and its plumbing: optimizer,
+log lines, resume state. Each trainer brings what differs (the loss of a step, validation, how a
+checkpoint is written); the loop owns the schedule, the optimiser step, logging and saving.
 
 Run directory layout (the checkpoint directory `out_dir` holds only the best-validation weights):
 
@@ -15,15 +17,21 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
-__all__ = ["RunLog", "configure_optimizer", "load_trainer_state", "save_trainer_state"]
+from training.config import TrainConfig, get_lr
+
+__all__ = [
+    "Resumed", "RunLog", "configure_optimizer", "fit_loop", "load_trainer_state", "save_trainer_state",
+]  # fmt: skip
 
 TRAINER_STATE = "trainer_state.pt"
 LOG_FILE = "log.jsonl"
@@ -123,3 +131,63 @@ class RunLog:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@dataclass
+class Resumed:
+    """Where a run starts: step 0 with no validation yet, or the values of `load_trainer_state`."""
+
+    step: int = 0
+    best_val: float = float("inf")
+    val: float | None = None
+
+
+def fit_loop(
+    cfg: TrainConfig,
+    *,
+    total: int,
+    start: Resumed,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    log: RunLog,
+    loss_at: Callable[[int], tuple[Tensor, dict[str, Any]]],
+    validate: Callable[[], dict[str, float]],
+    save_best: Callable[[int, float], None],
+    save_last: Callable[[int], None],
+) -> dict[str, Any]:
+    """Train from `start.step` to `total`: learning rate by `get_lr` (times a param group's `lr_mult`),
+    `loss_at(step)` -> (loss, extra log fields), clipping at `cfg.grad_clip`; every `eval_interval`
+    steps (and at the end) `validate()` (its "val" selects the checkpoint `save_best` writes); a log
+    line every `log_interval`; `save_last` + the trainer state every `save_interval`. Returns the final
+    step, the best validation value and the last log record."""
+    run_dir = Path(cfg.resolved_run_dir)
+    step, best_val, val = start.step, start.best_val, start.val
+    loss_sum, loss_count, record = 0.0, 0, {}
+    while step < total:
+        lr = get_lr(step, cfg, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        loss, tags = loss_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        log.step()
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        extra: dict[str, float] = {}
+        if step % cfg.eval_interval == 0 or step == total:
+            extra = validate()
+            val = extra.pop("val")
+            if val < best_val:
+                best_val = val
+                save_best(step, val)
+        if step % cfg.log_interval == 0 or step == total or extra:
+            record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, **tags, **extra)
+            loss_sum, loss_count = 0.0, 0
+        if step % cfg.save_interval == 0 or step == total:
+            save_last(step)
+            save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
+    log.close()
+    return {"step": step, "best_val": best_val, "last": record}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.features import collate_events
-from models.generation import SamplingParams, generate, left_pad
+from models.generation import SERVED_REPETITION_PENALTY, SamplingParams, generate, left_pad
 from models.lower_layers import lower_states, split_layer
 from models.perceiver import PerceiverConfig
 from models.personalized import PersonalizedLM, UserLLMConfig
@@ -273,14 +273,16 @@ class TaskRunner:
 
     @torch.no_grad()
     def generate_reviews(self, examples: Sequence[Example], max_new_tokens: int) -> list[str]:
-        """Greedy review generation for the target items of the examples."""
+        """Greedy review generation for the target items of the examples, with the service's repetition
+        penalty (as the demo and the text measurements decode)."""
         ids, mask = left_pad(
             [self.review_prompt(ex) for ex in examples], pad_token_id=self.tokenizer.pad_token_id
         )
         context = self.context(examples, REVIEW_QUERY)
+        params = SamplingParams(max_new_tokens=max_new_tokens, repetition_penalty=SERVED_REPETITION_PENALTY)
         out = generate(
-            self.model.llm, ids.to(self.device), mask.to(self.device), user_context=context,
-            params=SamplingParams(max_new_tokens=max_new_tokens), eos_token_id=self.tokenizer.eos_token_id,
+            self.model.llm, ids.to(self.device), mask.to(self.device), user_context=context, params=params,
+            eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )  # fmt: skip
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]

@@ -19,7 +19,8 @@ penalty (models/generation.py SERVED_REPETITION_PENALTY).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from models.generation import SERVED_REPETITION_PENALTY, SamplingParams, generate, left_pad
 from models.prompts import instruction, prompt_ids
+from models.strategies import has_lora, lora_disabled
 from training.data import Example, favourite_category, format_rating
 from training.generic_text import GenericText
 from training.text_metrics import loops, mentioned_titles, repetition_summary, share, title_index, words
@@ -39,10 +41,25 @@ TASTE_PROMPT = "Describe my taste in {noun}s."
 TEXT_TARGETS = {"ppl_ratio": 1.2, "distinct_2": 0.6}  # issue targets; looping samples must be 0
 
 
+@contextmanager
+def _bare(text: TextTasks) -> Iterator[None]:
+    """The bare backbone: LoRA adapters off, and no reuse of lower-layer states cached with them on."""
+    runner = text.runner
+    reuse = runner.reuse_lower
+    runner.reuse_lower = reuse and not has_lora(runner.model.llm.backbone)
+    try:
+        with lora_disabled(runner.model.llm.backbone):
+            yield
+    finally:
+        runner.reuse_lower = reuse
+
+
 @torch.no_grad()
 def perplexity_ratio(text: TextTasks, held_out: Sequence[GenericText], examples: Sequence[Example]) -> dict:
     """exp(mean NLL with a user's tokens) / exp(mean NLL of the bare backbone) on held-out generic
-    responses; text i is read with the user of example i (cycling)."""
+    responses; text i is read with the user of example i (cycling). The bare side runs without user
+    tokens and with any LoRA adapters off, so a LoRA-trained checkpoint is compared with the backbone
+    it started from."""
     head = text.runner.model.llm.backbone.get_output_embeddings()
     nll = {"user": 0.0, "bare": 0.0}
     tokens = 0
@@ -51,7 +68,8 @@ def perplexity_ratio(text: TextTasks, held_out: Sequence[GenericText], examples:
         users = [examples[(start + i) % len(examples)] for i in range(len(chunk))]
         targets = torch.cat([torch.tensor(t.response_ids) for t in chunk]).to(text.runner.device)
         for key, context in (("user", text.runner.context(users)), ("bare", None)):
-            logits = head(text.response_hidden(chunk, context)).float()  # (N, V)
+            with _bare(text) if key == "bare" else nullcontext():
+                logits = head(text.response_hidden(chunk, context)).float()  # (N, V)
             nll[key] += float(F.cross_entropy(logits, targets, reduction="sum"))
         tokens += len(targets)
     ppl = {k: math.exp(v / max(1, tokens)) for k, v in nll.items()}
