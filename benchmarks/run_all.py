@@ -20,6 +20,7 @@ from benchmarks.harness import BENCH_DIR, ROOT
 
 BENCHMARKS = {  # report name -> module
     "worker": "benchmarks.bench_worker",
+    "worker_drain": "benchmarks.bench_worker_drain",
     "batching": "benchmarks.bench_batching",
     "prompt_length": "benchmarks.bench_prompt_length",
     "lower_layers": "benchmarks.bench_lower_layers",

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         " and /readyz reports not ready; streams are never trimmed below unread entries",
     )
     history_keep: int = Field(200, ge=1, description="events kept per user in Redis (newest)")
+    encoder_slide: int = Field(
+        10, ge=0, description="worker: a recompute of a user past the encoder window covers window - slide "
+        "events, so the next `slide` events are incremental (0: every update past the window recomputes)",
+    )  # fmt: skip
     items_keep: int = Field(
         10_000, ge=0, description="newest seen items kept per user for exclude_seen (0: no cap)"
     )

@@ -1,10 +1,11 @@
 """Encoder worker: stream events -> per-user history -> user_tokens in Redis (`python -m service.worker`).
 
 Reads micro-batches from the sharded event streams through the consumer group, updates only the
-users they touch (incrementally where the cached encoder state allows, else a full recompute over
-the last `window` events), writes user tokens + state with compare-and-set, and acknowledges the
-entries only after the write. On start it re-processes its own pending entries; every
-`claim_idle_ms` it claims entries a dead worker left pending (XAUTOCLAIM). Re-applying an entry is a
+users they touch (incrementally where the cached encoder state allows, else a recompute over the
+newest events; the window slides in chunks of `encoder_slide` events, service/encoding.py), writes
+user tokens + state with compare-and-set, and acknowledges the entries only after the write. On
+start it re-processes its own pending entries; every `claim_idle_ms` it claims entries a dead
+worker left pending (XAUTOCLAIM). Re-applying an entry is a
 no-op (events are keyed), so a crash between write and XACK applies nothing twice.
 
 Nothing stops it but a signal: a Redis outage is waited out with exponential backoff (then its own
@@ -392,7 +393,10 @@ async def main() -> None:
         redis_url = settings.require_redis_url()
     except RuntimeError as exc:
         raise SystemExit(f"error: {exc}") from None
-    runtime = UserTowerRuntime.from_checkpoint(settings.userllm_checkpoint)
+    try:
+        runtime = UserTowerRuntime.from_checkpoint(settings.userllm_checkpoint, slide=settings.encoder_slide)
+    except ValueError as exc:  # a slide the checkpoint's window cannot hold
+        raise SystemExit(f"error: USERLLM_ENCODER_SLIDE={settings.encoder_slide}: {exc}") from None
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
     redis = create_redis(redis_url, "worker")

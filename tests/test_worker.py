@@ -121,6 +121,41 @@ async def test_out_of_order_and_window_overflow_fall_back_to_full_recompute(ctx)
     )
 
 
+async def test_window_slides_in_chunks_and_stays_equal_to_a_recompute(ctx, tiny_stack) -> None:
+    """Past the window, a recompute covers window - slide events and the next `slide` updates are
+    incremental; the tokens always equal a full pass over the events they cover."""
+    from service import metrics
+
+    redis, keys, plain = ctx
+    slide = 4
+    sliding = UserTowerRuntime.from_checkpoint(tiny_stack[1], slide=slide)
+    worker = EncoderWorker(redis, keys, sliding, consumer="w-slide", block_ms=10)
+    modes = []
+    for i in range(WINDOW + 3 * slide):  # one event per micro-batch, as a live user sends them
+        before = {m: metrics.WORKER_UPDATES.labels(m)._value.get() for m in ("full", "incremental")}
+        await publish(redis, keys, [ev("fay", 1 + i % 40, 100 + i)])
+        await drain(worker)
+        modes.append(next(m for m in before if metrics.WORKER_UPDATES.labels(m)._value.get() > before[m]))
+        cached = await read_tokens(redis, keys, "fay")
+        history = await read_history(redis, keys, "fay")
+        covered = history[len(history) - cached.n_events :]
+        if len(history) <= WINDOW:
+            assert cached.n_events == len(history)
+        else:
+            assert WINDOW - slide <= cached.n_events <= WINDOW
+        np.testing.assert_allclose(
+            cached.user_tokens.astype(np.float32),
+            plain.encode_full([covered])[0].user_tokens.astype(np.float32),
+            rtol=0, atol=2e-2,
+        )  # fmt: skip
+    # the first event recomputes; then incremental up to the window; then a recompute + `slide` increments
+    assert modes[:WINDOW] == ["full"] + ["incremental"] * (WINDOW - 1)
+    assert modes[WINDOW:] == ["incremental" if k % (slide + 1) else "full" for k in range(3 * slide)]
+    assert sliding.span(WINDOW + 1) == WINDOW - slide and sliding.span(WINDOW) == WINDOW
+    with pytest.raises(ValueError, match="slide"):
+        UserTowerRuntime.from_checkpoint(tiny_stack[1], slide=WINDOW)
+
+
 async def test_crash_between_write_and_ack_applies_nothing_twice(ctx, monkeypatch) -> None:
     redis, keys, _ = ctx
     await publish(redis, keys, [ev("erin", i, i, event_id=f"e{i}") for i in range(1, 9)])
