@@ -137,13 +137,8 @@ def test_review_generation_task_on_amazon_reviews(tiny_backbone: Path, tmp_path:
     summary = finetune(cfg)
     assert summary["step"] == 2 and "val_review" in summary["last"]
     result = evaluate(
-        EvalConfig(
-            checkpoint=cfg.out_dir,
-            out_dir=str(tmp_path / "eval"),
-            max_review_examples=2,
-            text_users=2,
-            **AMAZON,
-        )  # fmt: skip
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2,
+                   text_users=2, **AMAZON)  # fmt: skip
     )
     assert (
         set(result["review"])
@@ -279,13 +274,8 @@ def test_text_prompt_and_unpersonalised_review_baselines(
     before = encoder_ck.state_dict
     assert all(torch.equal(ck.state_dict[f"tower.encoder.{k}"], v) for k, v in before.items())  # unused
     result = evaluate(
-        EvalConfig(
-            checkpoint=cfg.out_dir,
-            out_dir=str(tmp_path / "eval"),
-            max_review_examples=2,
-            text_users=2,
-            **AMAZON,
-        )  # fmt: skip
+        EvalConfig(checkpoint=cfg.out_dir, out_dir=str(tmp_path / "eval"), max_review_examples=2,
+                   text_users=2, **AMAZON)  # fmt: skip
     )
     assert result["review"]["examples"] == 2
 

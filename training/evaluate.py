@@ -34,7 +34,7 @@ from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import EvalConfig
 from training.corpus import Corpus, encoded, load_corpus, vocabs_from_dict
 from training.data import Example, favourite_category
-from training.generic_text import generic_texts
+from training.generic_text import GenericText, generic_texts
 from training.metrics import accuracy, ranking_metrics, rouge, rouge_pairs, seen_mask, target_ranks
 from training.tasks import TaskRunner
 from training.text_eval import perplexity_ratio, text_report
@@ -168,9 +168,13 @@ def userllm_runner(ck: Checkpoint, corpus: Corpus, history_events: int = 0) -> T
 
 def userllm_text_report(runner: TaskRunner, examples: Sequence[Example], users: int) -> dict[str, Any]:
     """training/text_eval.py's report on the first `users` examples (the held-out generic text)."""
+    return text_report(TextTasks(runner), held_out_generic(runner), list(examples[:users]))
+
+
+def held_out_generic(runner: TaskRunner) -> list[GenericText]:
+    """The held-out generic texts (training/generic_text.py) of the runner's backbone."""
     backbone_dir = runner.model.llm.backbone.name_or_path  # the folder the backbone was loaded from
-    _, held_out = generic_texts(runner.model.llm, runner.tokenizer, backbone_dir)
-    return text_report(TextTasks(runner), held_out, list(examples[:users]))
+    return generic_texts(runner.model.llm, runner.tokenizer, backbone_dir)[1]
 
 
 @torch.no_grad()
@@ -216,9 +220,9 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
     if cfg.text_users > 0 and runner.user_input == "embeddings":
         result["text"] = userllm_text_report(runner, examples, cfg.text_users)
     elif cfg.text_users > 0:  # the baselines: how far their fine-tuning moved generic text (no user tokens)
-        backbone_dir = runner.model.llm.backbone.name_or_path
-        _, held_out = generic_texts(runner.model.llm, runner.tokenizer, backbone_dir)
-        result["fluency"] = perplexity_ratio(TextTasks(runner), held_out, list(examples[: cfg.text_users]))
+        result["fluency"] = perplexity_ratio(
+            TextTasks(runner), held_out_generic(runner), list(examples[: cfg.text_users])
+        )
     return result
 
 
