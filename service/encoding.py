@@ -124,13 +124,21 @@ class UserTowerRuntime:
         keys = [list(k) + [e.key for e in new] for k, new in zip(state_keys, new_events, strict=True)]
         return self._finish(out.user_tokens, out.past, keys, "incremental")
 
-    def can_extend(self, state_keys: list[str], history: Sequence[StoredEvent], n_new: int) -> bool:
-        """The cached state covers the newest events before the new ones (a run that ends right before
-        them), and the window has room for the new events after it."""
+    def can_extend(
+        self, state_keys: list[str], history: Sequence[StoredEvent], n_new: int, n_stored: int
+    ) -> bool:
+        """The cached state covers the newest stored events (a run that ends right before the `n_new`
+        new events at the end of `history`), and the window has room for the new events after it.
+
+        `history` may hold only the newest of the `n_stored` stored events (plus the new ones): the
+        run is checked as far as `history` reaches. A state is always written together with the
+        history it covers (service/user_store.py), so one that ends at the newest stored event covers
+        the newest `len(state_keys)` stored events."""
         n_old = len(history) - n_new
-        if not state_keys or len(state_keys) > n_old or len(state_keys) + n_new > self.window:
+        if not state_keys or n_old < 1 or len(state_keys) > n_stored or len(state_keys) + n_new > self.window:
             return False
-        return [e.key for e in history[n_old - len(state_keys) : n_old]] == state_keys
+        seen = min(n_old, len(state_keys))
+        return [e.key for e in history[n_old - seen : n_old]] == state_keys[len(state_keys) - seen :]
 
     def state_of(self, raw: dict[bytes, bytes] | None) -> tuple[np.ndarray, list[str]] | None:
         """Decode a stored state hash when it belongs to this model_version; CorruptRecord when it does

@@ -30,9 +30,10 @@ from service.keys import Keys
 
 # KEYS: hist, evt, emb, state, seen, items, forgotten. ARGV[1]: expected revision ("" = no record yet),
 # ARGV[2]: JSON {add: [[key, score, packed]], drop: [key], emb: {...}, state: {...} | null,
-# seen: {...}, new_items: [[item, time]], items_keep: int, n_new: int, oldest_ms: int}; bytes fields
-# come as ARGV[3] (tokens), ARGV[4] (state kv). A user forgotten (DELETE) after the oldest added event
-# was queued is not written.
+# seen: {...}, new_items: [[item, time]], items_keep: int, history_keep: int, n_new: int, oldest_ms: int};
+# bytes fields come as ARGV[3] (tokens), ARGV[4] (state kv). A user forgotten (DELETE) after the oldest
+# added event was queued is not written. Past `history_keep` events (0: no cap) the oldest by time are
+# removed (events tied in time go in the order of their keys).
 _CAS_SCRIPT = """
 local rev = redis.call('HGET', KEYS[3], 'rev')
 if (rev or '') ~= ARGV[1] then return 0 end
@@ -46,6 +47,12 @@ end
 for _, k in ipairs(u.drop) do
   redis.call('ZREM', KEYS[1], k)
   redis.call('HDEL', KEYS[2], k)
+end
+local over = u.history_keep > 0 and redis.call('ZCARD', KEYS[1]) - u.history_keep or 0
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+  for i = 1, #old, 1000 do redis.call('HDEL', KEYS[2], unpack(old, i, math.min(i + 999, #old))) end
 end
 local fields = {}
 for k, v in pairs(u.emb) do table.insert(fields, k); table.insert(fields, tostring(v)) end
@@ -143,36 +150,86 @@ class StoredEvent:
 
 @dataclass
 class UserRecord:
-    """What a worker reads of one user before updating it."""
+    """What a worker reads of one user before updating it: the newest events only (enough for the
+    encoder window), not the whole history."""
 
     user_id: str
     rev: str  # "" when the user has no embedding record yet
-    events: list[StoredEvent]  # time-ordered, at most `history_keep`
+    events: list[StoredEvent]  # the newest stored events (see `read_users`), time-ordered
     state: dict[bytes, bytes] | None  # raw `state` hash or None
     emb_model_version: str | None
     corrupt: list[tuple[str, bytes, str]] = field(default_factory=list)  # (key, raw, reason) not decoded
     forgotten_ms: int | None = None  # time of the user's last DELETE (within FORGET_TTL_S), if any
+    n_stored: int = 0  # events in the user's whole stored history
+    stored: set[str] = field(default_factory=set)  # of the keys asked about, those already stored
 
 
 def _s(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
 
-async def read_users(redis: aioredis.Redis, keys: Keys, user_ids: list[str]) -> dict[str, UserRecord]:
+# KEYS: hist, evt, emb, state, forgotten. ARGV[1]: how many of the newest events to return; ARGV[2..]:
+# event keys to look up. The newest events are those with a score (time) at least that of the n-th
+# newest, so events tied in time with it all come back (the caller orders ties by item id). Returns
+# {rev + model_version, state hash, forgotten, number of stored events, event keys, packed events,
+# packed values of the looked-up keys}.
+_READ_SCRIPT = """
+local n = tonumber(ARGV[1])
+local card = redis.call('ZCARD', KEYS[1])
+local keys = {}
+if card > n then
+  local nth = redis.call('ZRANGE', KEYS[1], -n, -n, 'WITHSCORES')
+  keys = redis.call('ZRANGE', KEYS[1], nth[2], '+inf', 'BYSCORE')
+elseif card > 0 then
+  keys = redis.call('ZRANGE', KEYS[1], 0, -1)
+end
+local packed, asked = {}, {}
+for i = 1, #keys, 1000 do
+  for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(keys, i, math.min(i + 999, #keys)))) do
+    table.insert(packed, v)
+  end
+end
+for i = 2, #ARGV, 1000 do
+  for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))) do
+    table.insert(asked, v and 1 or 0)
+  end
+end
+return {redis.call('HMGET', KEYS[3], 'rev', 'model_version'), redis.call('HGETALL', KEYS[4]),
+        redis.call('GET', KEYS[5]), card, keys, packed, asked}
+"""
+
+
+async def read_users(
+    redis: aioredis.Redis,
+    keys: Keys,
+    user_ids: list[str],
+    *,
+    newest: int,
+    asked: dict[str, list[str]] | None = None,
+) -> dict[str, UserRecord]:
+    """The users' records with their `newest` stored events (more when events tie in time with the
+    oldest of them) and, per user, which of the event keys in `asked` are already stored: one
+    script call per user, all in one pipeline. Reading a bounded tail instead of the whole history
+    keeps a worker's update cost independent of `history_keep`."""
+    script = redis.register_script(_READ_SCRIPT)
+    asked = asked or {}
     pipe = redis.pipeline(transaction=False)
     for u in user_ids:
-        pipe.hmget(keys.emb(u), ["rev", "model_version"])
-        pipe.hgetall(keys.evt(u))
-        pipe.hgetall(keys.state(u))
-        pipe.get(keys.forgotten(u))
+        k = keys.user_keys(u)
+        await script(
+            keys=[k[0], k[1], k[2], k[3], keys.forgotten(u)], args=[newest, *asked.get(u, [])], client=pipe
+        )
     replies = await pipe.execute()
     out = {}
-    for i, u in enumerate(user_ids):
-        (rev, version), evt, state, forgotten = replies[4 * i : 4 * i + 4]
-        events, corrupt = _decode_events(evt)
+    for u, reply in zip(user_ids, replies, strict=True):
+        (rev, version), state, forgotten, card, event_keys, packed, found = reply
+        events, corrupt = _decode_events(
+            {k: v for k, v in zip(event_keys, packed, strict=True) if v is not None}
+        )
         out[u] = UserRecord(
-            u, _s(rev) or "", events, state or None, _s(version), corrupt,
-            None if forgotten is None else int(forgotten),
+            u, _s(rev) or "", events, dict(zip(state[::2], state[1::2], strict=True)) or None, _s(version),
+            corrupt, None if forgotten is None else int(forgotten), int(card),
+            {k for k, hit in zip(asked.get(u, []), found, strict=True) if hit},
         )  # fmt: skip
     return out
 
@@ -204,6 +261,7 @@ class UserUpdate:
     new_items: list[tuple[str, float]]  # (item id, newest event time) of the added events
     oldest_ms: int = 0  # queue time (stream entry id) of the oldest added event; 0: nothing added
     items_keep: int = 10_000  # newest items kept in the user's seen-items set (0: no cap)
+    history_keep: int = 0  # newest events kept in the user's history (0: no cap)
 
 
 async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpdate]) -> list[bool]:
@@ -243,6 +301,7 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             "last_time": max((e.timestamp for e in up.add), default=0.0),
             "new_items": [[item, t] for item, t in up.new_items],
             "items_keep": up.items_keep,
+            "history_keep": up.history_keep,
             "oldest_ms": up.oldest_ms,
         }
         argv: list[bytes | str] = [

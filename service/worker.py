@@ -3,18 +3,22 @@
 Reads micro-batches from the sharded event streams through the consumer group, updates only the
 users they touch (incrementally where the cached encoder state allows, else a recompute over the
 newest events; the window slides in chunks of `encoder_slide` events, service/encoding.py), writes
-user tokens + state with compare-and-set, and acknowledges the entries only after the write. On
-start it re-processes its own pending entries; every `claim_idle_ms` it claims entries a dead
-worker left pending (XAUTOCLAIM). Re-applying an entry is a
-no-op (events are keyed), so a crash between write and XACK applies nothing twice.
+user tokens + state with compare-and-set, and acknowledges the entries only after the write. Per
+micro-batch it reads each user's newest stored event with the metadata (one pipeline), and the
+newest `window + 1` events only for the users that need a recompute (a second pipeline): the cost
+of an update does not grow with the stored history. On start it re-processes its own pending
+entries; every `claim_idle_ms` it claims entries a dead worker left pending (XAUTOCLAIM).
+Re-applying an entry is a no-op (events are keyed), so a crash between write and XACK applies
+nothing twice.
 
 Nothing stops it but a signal: a Redis outage is waited out with exponential backoff (then its own
-pending entries are re-processed first); an entry that cannot be decoded, a stored event that cannot
-be decoded, and the entries of a user whose update raises go to the dead-letter stream with the
-reason (counted in `userllm_worker_events_total{outcome="dead_letter"}`) and the rest of the batch is
-applied. Queued events of a user deleted after they were queued (`DELETE /users/{id}`) are dropped.
-It heart-beats (`Keys.worker`, with a TTL) so the gateway's /readyz can report a stopped worker, and
-trims stream entries every group has acknowledged.
+pending entries are re-processed first); an entry that cannot be decoded, a stored event it reads
+that cannot be decoded (found when a recompute's window reaches it), and the entries of a user
+whose update raises go to the dead-letter stream with the reason (counted in
+`userllm_worker_events_total{outcome="dead_letter"}`) and the rest of the batch is applied. Queued
+events of a user deleted after they were queued (`DELETE /users/{id}`) are dropped. It heart-beats
+(`Keys.worker`, with a TTL) so the gateway's /readyz can report a stopped worker, and trims stream
+entries every group has acknowledged.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -61,6 +66,7 @@ log = logging.getLogger("userllm.worker")
 MAX_CAS_ATTEMPTS = 8
 # Redis unreachable, timing out or still loading its data after a restart: wait and retry.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_Pending = dict[str, list[StreamEvent]]  # user -> the stream entries of the micro-batch not applied yet
 
 
 @dataclass
@@ -68,9 +74,10 @@ class _Plan:
     record: UserRecord
     add: list[StoredEvent]
     drop: list[str]
-    history: list[StoredEvent]  # kept history after the update, time-ordered
+    history: list[StoredEvent]  # the newest events after the update (the record's + add), time-ordered
     n_unknown: int
     oldest_ms: int  # queue time of the oldest stream entry behind `add`
+    state: tuple[np.ndarray, list[str]] | None  # the cached state to extend with `add`; None: recompute
 
 
 def _newest_per_item(events: Sequence[StoredEvent]) -> dict[str, float]:
@@ -122,11 +129,12 @@ class EncoderWorker:
     # --- planning (pure, CPU) ---
 
     def _plan(self, record: UserRecord, events: Sequence[StreamEvent]) -> _Plan | None:
-        known = {e.key for e in record.events}
+        """The update of one user from what `record` read of the stored history (the newest events)."""
+        undecodable = {c[0] for c in record.corrupt}
         fresh: dict[str, StoredEvent] = {}
         queued: dict[str, int] = {}
         for e in events:
-            if e.key not in known:
+            if e.key not in record.stored or e.key in undecodable:
                 fresh.setdefault(e.key, _stored(e))
                 queued[e.key] = min(queued.get(e.key, _entry_ms(e)), _entry_ms(e))
         if not fresh and not record.corrupt and record.emb_model_version == self.runtime.model_version:
@@ -134,36 +142,44 @@ class EncoderWorker:
         merged = sorted([*record.events, *fresh.values()], key=lambda e: e.order)
         history = merged[-self.history_keep :]
         kept = {e.key for e in history}
+        add = [e for e in fresh.values() if e.key in kept]
         return _Plan(
             record=record,
-            add=[e for e in fresh.values() if e.key in kept],
-            drop=[e.key for e in record.events if e.key not in kept] + [c[0] for c in record.corrupt],
+            add=add,
+            drop=[key for key in undecodable if key not in fresh],
             history=history,
             n_unknown=sum(not self.runtime.codec.known(e.item_id) for e in fresh.values()),
-            oldest_ms=min((queued[e.key] for e in fresh.values() if e.key in kept), default=0),
+            oldest_ms=min((queued[e.key] for e in add), default=0),
+            state=self._extendable(record, history, add),
         )
+
+    def _extendable(
+        self, record: UserRecord, history: list[StoredEvent], add: list[StoredEvent]
+    ) -> tuple[np.ndarray, list[str]] | None:
+        """The user's cached state when the added events can be encoded after it, else None."""
+        n_new = len(add)
+        if not n_new or record.corrupt or self.history_keep < self.runtime.window:
+            return None
+        try:
+            state = self.runtime.state_of(record.state)
+        except CorruptRecord as exc:
+            log.warning("user %s: stored state fails its check (%s); recomputed", record.user_id, exc)
+            metrics.CORRUPT_RECORDS.labels("worker", "state").inc()
+            return None
+        tail_is_new = {e.key for e in history[-n_new:]} == {e.key for e in add}
+        if state is None or not tail_is_new:
+            return None
+        return state if self.runtime.can_extend(state[1], history, n_new, record.n_stored) else None
 
     def _encode(self, plans: list[_Plan]) -> list[Encoded]:
         """Batch the incremental users together and the full recomputes together."""
-        incremental, full = [], []
-        for i, p in enumerate(plans):
-            try:
-                state = self.runtime.state_of(p.record.state)
-            except CorruptRecord as exc:
-                log.warning("user %s: stored state fails its check (%s); recomputed", p.record.user_id, exc)
-                metrics.CORRUPT_RECORDS.labels("worker", "state").inc()
-                state = None
-            n_new = len(p.add)
-            tail_is_new = n_new > 0 and {e.key for e in p.history[-n_new:]} == {e.key for e in p.add}
-            if state is not None and tail_is_new and self.runtime.can_extend(state[1], p.history, n_new):
-                incremental.append((i, state))
-            else:
-                full.append(i)
+        incremental = [(i, p.state) for i, p in enumerate(plans) if p.state is not None]
+        full = [i for i, p in enumerate(plans) if p.state is None]
         out: dict[int, Encoded] = {}
         if incremental:
             encoded = self.runtime.encode_incremental(
-                [s[0] for _, s in incremental],
-                [s[1] for _, s in incremental],
+                [state[0] for _, state in incremental],
+                [state[1] for _, state in incremental],
                 [plans[i].history[-len(plans[i].add) :] for i, _ in incremental],
             )
             out.update(zip([i for i, _ in incremental], encoded, strict=True))
@@ -188,6 +204,7 @@ class EncoderWorker:
             new_items=sorted(_newest_per_item(plan.add).items()),
             oldest_ms=plan.oldest_ms,
             items_keep=self.items_keep,
+            history_keep=self.history_keep,
         )
 
     # --- one micro-batch ---
@@ -248,26 +265,53 @@ class EncoderWorker:
             unapplied |= left
         return updated, unapplied
 
+    async def _read(
+        self, pending: _Pending, users: list[str], newest: int, reported: set[tuple[str, str]]
+    ) -> dict[str, UserRecord]:
+        """Read the users' records with their `newest` stored events; dead-letter stored events that do
+        not decode (once per user) and drop the pending events a later deletion of the user forgot."""
+        records = await read_users(
+            self.redis, self.keys, users, newest=newest, asked={u: [e.key for e in pending[u]] for u in users}
+        )
+        for u, record in records.items():
+            if news := [c for c in record.corrupt if (u, c[0]) not in reported]:
+                reported.update((u, c[0]) for c in news)
+                await self._dead_letter_stored(u, news)
+            if record.forgotten_ms is not None:  # keep only events queued after the deletion
+                kept = [e for e in pending[u] if _entry_ms(e) > record.forgotten_ms]
+                metrics.WORKER_EVENTS.labels("forgotten").inc(len(pending[u]) - len(kept))
+                pending[u] = kept
+        return records
+
+    async def _plans(self, pending: _Pending, reported: set[tuple[str, str]]) -> list[_Plan]:
+        """Plan every pending user's update in two pipelined reads: first the newest stored event(s)
+        with the metadata, which is all an incremental update needs; then the newest `window + 1`
+        events of the users that need a recompute. Users with nothing to apply leave `pending`."""
+        plans, recompute = [], []
+        records = await self._read(pending, list(pending), 1, reported)
+        for u, record in records.items():
+            plan = self._plan(record, pending[u]) if pending[u] else None
+            if plan is None:
+                pending.pop(u)  # only re-deliveries of applied events, or events of a forgotten user
+            elif plan.state is None and record.n_stored > len(record.events):
+                recompute.append(u)  # the recompute needs more of the history than this read
+            else:
+                plans.append(plan)
+        if recompute:
+            records = await self._read(pending, recompute, self.runtime.window + 1, reported)
+            for u, record in records.items():
+                if pending[u] and (plan := self._plan(record, pending[u])) is not None:
+                    plans.append(plan)
+                else:
+                    pending.pop(u)
+        return plans
+
     async def _apply(self, by_user: dict[str, list[StreamEvent]]) -> tuple[int, set[str]]:
         """Plan, encode and compare-and-set the users' updates; returns (users updated, users that kept
         changing under this worker for MAX_CAS_ATTEMPTS rounds)."""
-        pending, updated, reported = dict(by_user), 0, set()
+        pending, updated, reported = dict(by_user), 0, set[tuple[str, str]]()
         for _ in range(MAX_CAS_ATTEMPTS):
-            records = await read_users(self.redis, self.keys, list(pending))
-            for u, record in records.items():
-                if record.corrupt and u not in reported:
-                    reported.add(u)
-                    await self._dead_letter_stored(record)
-                if record.forgotten_ms is not None:  # keep only events queued after the deletion
-                    kept = [e for e in pending[u] if _entry_ms(e) > record.forgotten_ms]
-                    metrics.WORKER_EVENTS.labels("forgotten").inc(len(pending[u]) - len(kept))
-                    pending[u] = kept
-            plans = []
-            for u in list(pending):
-                if not pending[u] or (plan := self._plan(records[u], pending[u])) is None:
-                    pending.pop(u)  # only re-deliveries of applied events, or events of a forgotten user
-                else:
-                    plans.append(plan)
+            plans = await self._plans(pending, reported)
             if not plans:
                 return updated, set()
             updates = [self._update(p, e) for p, e in zip(plans, self._encode(plans), strict=True)]
@@ -284,14 +328,14 @@ class EncoderWorker:
             metrics.WORKER_EVENTS.labels("cas_retry").inc()
         return updated, set(pending)
 
-    async def _dead_letter_stored(self, record: UserRecord) -> None:
+    async def _dead_letter_stored(self, user_id: str, corrupt: list[tuple[str, bytes, str]]) -> None:
         log.error(
             "user %s: %d stored events do not decode (e.g. %s: %s); moved to the dead-letter stream",
-            record.user_id, len(record.corrupt), record.corrupt[0][0], record.corrupt[0][2],
+            user_id, len(corrupt), corrupt[0][0], corrupt[0][2],
         )  # fmt: skip
-        await dead_letter_stored(self.redis, self.keys, record.user_id, record.corrupt)
-        metrics.CORRUPT_RECORDS.labels("worker", "stored_event").inc(len(record.corrupt))
-        metrics.WORKER_EVENTS.labels("dead_letter").inc(len(record.corrupt))
+        await dead_letter_stored(self.redis, self.keys, user_id, corrupt)
+        metrics.CORRUPT_RECORDS.labels("worker", "stored_event").inc(len(corrupt))
+        metrics.WORKER_EVENTS.labels("dead_letter").inc(len(corrupt))
 
     # --- liveness ---
 

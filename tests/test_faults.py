@@ -65,9 +65,9 @@ async def test_a_poison_stored_event_is_dead_lettered_and_the_user_still_updates
     worker = make_worker(redis, keys, runtime)
     await drain(worker)
     poison = {"c:bad-json": b"\xff{not json", "c:bad-type": b'["4", "soon", "rating", 4.0, null]'}
-    for key, raw in poison.items():
+    for key, raw in poison.items():  # the newest stored events: what the worker reads first
         await redis.hset(keys.evt("pam"), key, raw)
-        await redis.zadd(keys.hist("pam"), {key: 50})
+        await redis.zadd(keys.hist("pam"), {key: 150})
     await publish(redis, keys, [ev("pam", 9, 200), ev("quinn", 5, 10)])
     await drain(worker)  # raised out of `process` (and crash-looped the worker) before
     assert [e.item_id for e in await read_history(redis, keys, "pam")] == ["1", "2", "3", "9"]

@@ -15,7 +15,7 @@ from service.keys import Keys
 from service.redis_conn import create_redis
 from service.schemas import EventIn
 from service.streams import ensure_groups, publish, read_new, read_own_pending
-from service.user_store import read_history, read_tokens
+from service.user_store import read_history, read_tokens, read_users
 from service.worker import EncoderWorker
 
 pytestmark = pytest.mark.redis
@@ -154,6 +154,36 @@ async def test_window_slides_in_chunks_and_stays_equal_to_a_recompute(ctx, tiny_
     assert sliding.span(WINDOW + 1) == WINDOW - slide and sliding.span(WINDOW) == WINDOW
     with pytest.raises(ValueError, match="slide"):
         UserTowerRuntime.from_checkpoint(tiny_stack[1], slide=WINDOW)
+
+
+async def test_long_histories_read_only_the_newest_events_and_are_trimmed_to_history_keep(ctx) -> None:
+    """The worker reads the newest window + 1 stored events (all events tied in time with the oldest
+    of them included), not the whole history, and keeps `history_keep` events; the tokens equal a
+    recompute over the whole stored history, ties in time ordered by item id as in the data sets."""
+    redis, keys, runtime = ctx
+    keep = 3 * WINDOW
+    worker = EncoderWorker(redis, keys, runtime, consumer="w-long", block_ms=10, history_keep=keep)
+    await publish(redis, keys, [ev("gus", 1 + i % 40, 100 + i) for i in range(2 * WINDOW)])
+    await drain(worker)
+    # WINDOW + 4 events at one time, queued in descending item order: the read's boundary cuts
+    # through them, and their stored keys (stream entry ids) sort opposite to their items
+    await publish(redis, keys, [ev("gus", 40 - i, 500) for i in range(WINDOW + 4)])
+    await drain(worker)
+    await publish(redis, keys, [ev("gus", 7, 50)])  # older than everything read: only stored
+    await drain(worker)
+    records = await read_users(redis, keys, ["gus"], newest=WINDOW + 1)
+    assert records["gus"].n_stored == keep and len(records["gus"].events) == WINDOW + 4
+    await publish(redis, keys, [ev("gus", 3, 600)])
+    await drain(worker)
+    history = await read_history(redis, keys, "gus")
+    assert len(history) == keep and history[-1].timestamp == 600
+    assert [e.timestamp for e in history] == sorted(e.timestamp for e in history)
+    cached = await read_tokens(redis, keys, "gus")
+    np.testing.assert_allclose(
+        cached.user_tokens.astype(np.float32),
+        runtime.encode_full([history])[0].user_tokens.astype(np.float32),
+        atol=1e-3,
+    )
 
 
 async def test_crash_between_write_and_ack_applies_nothing_twice(ctx, monkeypatch) -> None:
