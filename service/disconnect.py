@@ -2,7 +2,7 @@
 
 `cancel_on_disconnect(request, work)` awaits `work` while it watches the request's ASGI `receive` for
 `http.disconnect`. When the client leaves first, `work` is cancelled and `ClientDisconnected` (499,
-nobody reads it) is raised: a cancelled `MicroBatcher.submit` drops or stops its job, and a cancelled
+nobody reads it) is raised: a cancelled `EngineLoop.generate` drops or stops its job, and a cancelled
 httpx call closes its connection, which the generation server sees as its own client leaving.
 Streams get the same from `service.sse.EventStreamResponse`.
 

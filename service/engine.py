@@ -1,18 +1,19 @@
 """The PyTorch engine of the generation server: USER-LLM scoring and generation on CPU or CUDA.
 
-`TorchEngine` holds one loaded `PersonalizedLM` (backbone + adapters + heads + user tower) and two
-micro-batchers: one scores next-item / genre prompts for many users in one forward pass, one decodes
-generation requests together with a KV cache (cross-attention keys/values computed once per
-request, in `models.generation`). Everything here runs in the batchers' thread, never on the loop. A
-generation job cancelled by its caller (`GenerateJob.cancel`, from any thread) stops at the next
-decoding step, and one cancelled before its batch starts is not run at all.
-A vLLM engine for GPU deployments is described in docs/serving.md (not implemented yet).
-"""
+`TorchEngine` holds one loaded `PersonalizedLM` (backbone + adapters + heads + user tower) and the
+batch functions the engine loop (service/scheduler.py) calls from its one thread: `score_batch`
+scores next-item / genre prompts for many users in one forward pass; `join` prefills generation
+requests into a running continuous-batching decode (`decode_batch`, models/continuous.py;
+cross-attention keys/values computed once per request); `generate_batch` decodes a batch start to
+end the same way (benchmarks, evaluation-style callers). Nothing here runs on the event loop. A
+generation job cancelled by its caller (`GenerateJob.cancel`, from any thread) leaves at the next
+decoding step, and one cancelled before it starts is not run at all.
+A vLLM engine for GPU deployments is described in docs/serving.md (not implemented yet)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,8 @@ import torch
 
 from models.backbone import backbone_id, load_backbone
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.generation import SamplingParams, left_pad, stream_generate
+from models.continuous import DecodeBatch
+from models.generation import SamplingParams, left_pad
 from models.lower_layers import lower_states, split_layer
 from models.personalized import PersonalizedLM, UserLLMConfig
 from models.prompts import instruction, prompt_ids
@@ -91,7 +93,7 @@ class GenerateResult:
 
 
 class TorchEngine:
-    """One model on one device; thread-confined (the batchers call it one batch at a time)."""
+    """One model on one device; thread-confined (the engine loop calls it one batch at a time)."""
 
     def __init__(
         self,
@@ -156,11 +158,12 @@ class TorchEngine:
 
     # --- helpers ---
 
-    def _context(self, users: Sequence[UserInput]) -> UserContext | None:
-        """Stack user tokens; rows without tokens get an all-False mask (bare backbone)."""
-        if not any(u.personalized for u in users):
+    def _context(self, users: Sequence[UserInput], *, always: bool = False) -> UserContext | None:
+        """Stack user tokens; rows without tokens get an all-False mask (the bare backbone's output).
+        None when no row has tokens, unless `always` (rows that join a running decode need one)."""
+        if not always and not any(u.personalized for u in users):
             return None
-        shape = next(u.user_tokens.shape for u in users if u.user_tokens is not None)
+        shape = next((u.user_tokens.shape for u in users if u.user_tokens is not None), self.user_token_shape)
         tokens = torch.zeros(len(users), *shape)
         mask = torch.zeros(len(users), shape[0], dtype=torch.bool)
         for i, u in enumerate(users):
@@ -241,43 +244,60 @@ class TorchEngine:
                 list(zip(cats.indices.tolist(), cats.values.tolist(), strict=True)),
             )
 
+    def decode_batch(self) -> DecodeBatch:
+        """An empty continuous-batching decode of this model (models/continuous.py)."""
+        return DecodeBatch(self.model.llm, pad_token_id=self.pad_id)
+
+    @torch.inference_mode()
+    def join(self, batch: DecodeBatch, jobs: Sequence[GenerateJob]) -> None:
+        """Prefill `jobs` and add them to the running `batch`, keyed by `id(job)`."""
+        ids, mask = left_pad([j.prompt for j in jobs], pad_token_id=self.pad_id)
+        batch.join(
+            [id(j) for j in jobs], ids.to(self.device), mask.to(self.device), [j.params for j in jobs],
+            self._context([j.user for j in jobs], always=True),
+        )  # fmt: skip
+
     @torch.inference_mode()
     def generate_batch(self, jobs: list[GenerateJob]) -> list[GenerateResult]:
-        """Decode `jobs` together; jobs cancelled before the batch starts get an empty result, unrun."""
-        results = [GenerateResult("", len(job.prompt), 0) for job in jobs]
-        live = [i for i, job in enumerate(jobs) if not job.cancelled.is_set()]
+        """Decode `jobs` together, start to end (the scheduler's continuous batching does the same a
+        step at a time); jobs cancelled before the batch starts get an empty result, unrun."""
+        live = [job for job in jobs if not job.cancelled.is_set()]
+        texts: dict[Hashable, Detokenizer] = {id(j): Detokenizer(self.tokenizer, j.on_text) for j in live}
+        batch = self.decode_batch()
         if live:
-            for i, result in zip(live, self._decode([jobs[i] for i in live]), strict=True):
-                results[i] = result
-        return results
+            self.join(batch, live)
+        while len(batch):
+            for e in batch.step(cancelled={id(j) for j in live if j.cancelled.is_set()}):
+                texts[e.key].add(e.token)
+        return [
+            texts[id(j)].result(len(j.prompt)) if id(j) in texts else GenerateResult("", len(j.prompt), 0)
+            for j in jobs
+        ]
 
-    def _decode(self, jobs: list[GenerateJob]) -> list[GenerateResult]:
-        ids, mask = left_pad([j.prompt for j in jobs], pad_token_id=self.pad_id)
-        tokens: list[list[int]] = [[] for _ in jobs]
-        sent = [""] * len(jobs)
-        for step in stream_generate(
-            self.model.llm,
-            ids.to(self.device),
-            mask.to(self.device),
-            user_context=self._context([j.user for j in jobs]),
-            params=[j.params for j in jobs],
-            pad_token_id=self.pad_id,
-            cancelled=lambda i: jobs[i].cancelled.is_set(),
-        ):
-            for i, tok in enumerate(step):
-                if tok is None:
-                    continue
-                tokens[i].append(tok)
-                if jobs[i].on_text is not None:
-                    text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                    callback = jobs[i].on_text
-                    if callback is not None and len(text) > len(sent[i]) and not text.endswith("\ufffd"):
-                        callback(text[len(sent[i]) :])
-                        sent[i] = text
-        out = []
-        for i, job in enumerate(jobs):
-            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-            if job.on_text is not None and len(text) > len(sent[i]):
-                job.on_text(text[len(sent[i]) :])
-            out.append(GenerateResult(text.strip(), len(job.prompt), len(tokens[i])))
-        return out
+
+class Detokenizer:
+    """The text of one decode as its tokens come: `add` passes each new printable piece to `on_text`
+    (held back while the text ends inside a multi-byte character)."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int | None) -> None:
+        if token is None:
+            return
+        self.tokens.append(token)
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            if len(text) > len(self.sent) and not text.endswith("\ufffd"):
+                self.on_text(text[len(self.sent) :])
+                self.sent = text
+
+    def result(self, prompt_tokens: int) -> GenerateResult:
+        """The whole text (what `on_text` has not had yet is passed to it now)."""
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if self.on_text is not None and len(text) > len(self.sent):
+            self.on_text(text[len(self.sent) :])
+            self.sent = text
+        return GenerateResult(text.strip(), prompt_tokens, len(self.tokens))

@@ -2,8 +2,9 @@
 
 Reads user tokens from Redis; tokens of another `model_version`, of another shape or that fail their
 checksum are never used (the user's stored history is re-encoded instead and written back); users
-with no events get a non-personalized answer. Concurrent
-requests are batched (`MicroBatcher`) and run off the event loop. CUDA when present, else CPU.
+with no events get a non-personalized answer. One engine thread runs the model (`EngineLoop`,
+service/scheduler.py): scoring batches first, then generation with continuous batching (requests
+join and leave a running decode step by step), off the event loop. CUDA when present, else CPU.
 Generation prompts are limited in tokens (`max_prompt_tokens`, and the backbone's context); a client
 that goes away cancels its decode, which stops at the next step.
 
@@ -25,14 +26,13 @@ from fastapi import Depends, FastAPI, Request
 from prometheus_client import make_asgi_app
 
 from service import metrics
-from service.batching import MicroBatcher
 from service.disconnect import cancel_on_disconnect
-from service.encoding import Encoded
-from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine, UserInput
+from service.engine import GenerateJob, ScoreJob, TorchEngine, UserInput
 from service.errors import EngineUnavailable, ItemNotFound, error_responses, install_error_handlers
 from service.keys import Keys
 from service.redis_conn import create_redis
 from service.request_id import RequestIdMiddleware, request_id
+from service.scheduler import EngineLoop
 from service.schemas import (
     SSE_OK,
     GenerateRequest,
@@ -49,7 +49,6 @@ from service.sse import EventStreamResponse
 from service.text_generation import decode_inputs, stream_events
 from service.user_store import (
     CorruptRecord,
-    StoredEvent,
     UserUpdate,
     read_seen_items,
     read_tokens,
@@ -65,9 +64,7 @@ class State(TypedDict):
     redis: aioredis.Redis
     keys: Keys
     engine: TorchEngine
-    scorer: MicroBatcher[ScoreJob, ScoreResult]
-    decoder: MicroBatcher[GenerateJob, GenerateResult]
-    encoder: MicroBatcher[list[StoredEvent], Encoded]
+    runner: EngineLoop  # the one thread that runs the model
 
 
 def create_app(settings: Settings | None = None, engine: TorchEngine | None = None) -> FastAPI:
@@ -82,24 +79,15 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
                 TorchEngine.load, settings.userllm_checkpoint, settings.resolved_backbone_dir, settings.device
             )
         redis = create_redis(redis_url, "generator")
-
-        def batcher(fn: Any, name: str, on_cancel: Any = None) -> Any:
-            return MicroBatcher(
-                fn,
-                name=name,
-                max_batch=settings.max_batch_size,
-                max_wait_ms=settings.max_wait_ms,
-                max_queue=settings.max_queue,
-                on_cancel=on_cancel,
-            )
-
-        scorer = batcher(eng.score_batch, "score")
-        decoder = batcher(eng.generate_batch, "generate", on_cancel=GenerateJob.cancel)
-        encoder = batcher(eng.tower.encode_full, "encode")
+        runner = EngineLoop(
+            eng,
+            max_batch=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+        )
         warm_up = [ScoreJob(UserInput(None), k=1), ScoreJob(UserInput(None), k=1, task="genre")]
         await asyncio.to_thread(eng.score_batch, warm_up)  # also computes the prompts' lower states
-        for b in (scorer, decoder, encoder):
-            b.start()
+        runner.start()
         log.info("generator ready: model_version %s on %s", eng.model_version, eng.device)
         try:
             yield State(
@@ -107,13 +95,10 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
                 redis=redis,
                 keys=Keys(settings.key_prefix, settings.num_shards),
                 engine=eng,
-                scorer=scorer,
-                decoder=decoder,
-                encoder=encoder,
+                runner=runner,
             )
         finally:
-            for b in (scorer, decoder, encoder):
-                await b.stop()
+            await runner.stop()
             await redis.aclose()
 
     app = FastAPI(title="USER-LLM generation server", version="0.1.0", lifespan=lifespan)
@@ -147,12 +132,13 @@ async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | N
             metrics.CACHE_HITS.inc()
             return UserInput(cached.user_tokens), cached.updated_at
         reason = "shape"  # same version, other shape: written by something else than this model
-    record = (await read_users(state["redis"], state["keys"], [user_id]))[user_id]
+    newest = engine.tower.window + 1  # a recompute reads the newest window of events, not all of them
+    record = (await read_users(state["redis"], state["keys"], [user_id], newest=newest))[user_id]
     if not record.events:
         metrics.CACHE_MISSES.labels("no_events").inc()
         return UserInput(None), None
     metrics.CACHE_MISSES.labels(reason).inc()
-    encoded = await state["encoder"].submit(record.events)
+    encoded = await state["runner"].encode(record.events)
     # Write the recomputed tokens back (compare-and-set: a worker's concurrent update wins), so an
     # inactive user is re-encoded once after a model roll-out, not on every request.
     update = UserUpdate(
@@ -176,8 +162,8 @@ def _routes(app: FastAPI) -> None:
             await state["redis"].ping()
         except Exception as exc:
             raise EngineUnavailable(f"redis unreachable: {exc}") from exc
-        if not (state["scorer"].alive and state["decoder"].alive):
-            raise EngineUnavailable("engine batchers are not running")
+        if not state["runner"].alive:
+            raise EngineUnavailable("the engine loop is not running")
         return {"status": "ready", "model_version": state["engine"].model_version}
 
     @app.get("/v1/info", response_model=GeneratorInfo)
@@ -198,7 +184,7 @@ def _routes(app: FastAPI) -> None:
         if body.exclude_seen:
             seen = await read_seen_items(state["redis"], state["keys"], body.user_id)
             exclude = {engine.codec.items.encode(i) for i in seen if i in engine.codec.items}
-        result = await state["scorer"].submit(ScoreJob(user, k=body.k, exclude=exclude))
+        result = await state["runner"].score(ScoreJob(user, k=body.k, exclude=exclude))
         items = [
             RecommendedItem(
                 item_id=(iid := engine.codec.items.decode(idx)),
@@ -235,7 +221,7 @@ def _routes(app: FastAPI) -> None:
             updated_at=updated_at,
         )
         if inputs is None:  # genre: scored by the category head
-            scored = await state["scorer"].submit(ScoreJob(user, k=1, task="genre"))
+            scored = await state["runner"].score(ScoreJob(user, k=1, task="genre"))
             genres = [
                 GenreProbability(genre=engine.codec.categories.decode(i), probability=p)
                 for i, p in scored.categories
@@ -249,8 +235,9 @@ def _routes(app: FastAPI) -> None:
             )
         job = GenerateJob(user, *inputs)
         if body.stream:
-            return EventStreamResponse(stream_events(state["decoder"], job, info, request_id(request)))
-        result = await cancel_on_disconnect(request, state["decoder"].submit(job))
+            events = stream_events(state["runner"].generate, job, info, request_id(request))
+            return EventStreamResponse(events)
+        result = await cancel_on_disconnect(request, state["runner"].generate(job))
         metrics.GENERATED_TOKENS.inc(result.completion_tokens)
         return GenerateResponse(
             **info,

@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     generator_timeout_s: float = Field(120.0, gt=0, description="read timeout of generator calls")
     generator_retries: int = Field(2, ge=0, description="connection retries of the gateway's client")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_batch_size: int = Field(8, ge=1, description="dynamic batching: largest batch")
-    max_wait_ms: float = Field(10.0, ge=0, description="dynamic batching: longest wait to fill a batch")
+    max_batch_size: int = Field(8, ge=1, description="engine loop: rows in a scoring pass or decode step")
+    max_wait_ms: float = Field(10.0, ge=0, description="engine loop: wait to fill a scoring batch when idle")
     max_queue: int = Field(256, ge=1, description="queued requests before 503 EngineOverloaded")
     max_new_tokens_limit: int = Field(256, ge=1, description="upper bound of max_new_tokens")
     max_prompt_tokens: int = Field(

@@ -2,8 +2,8 @@
 as server-sent events, cancelled when the client goes away.
 
 Prompts are limited in tokens, not only characters: a 4,000-character chat prompt can be 12,000 tokens
-(emoji), longer than the backbone's context, and one long prefill holds up every other request in the
-batcher. `max_prompt_tokens` bounds it, and prompt + max_new_tokens must fit the model's context.
+(emoji), longer than the backbone's context, and one long prefill holds up every other request of the
+engine loop. `max_prompt_tokens` bounds it, and prompt + max_new_tokens must fit the model's context.
 
 Based on: vLLM `entrypoints/openai/serving_engine.py` `_validate_input` (prompt + max_tokens checked
 against the context after tokenization; 400 there) and `entrypoints/utils.py` `with_cancellation` (a
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from models.generation import SamplingParams
 from service import metrics
-from service.batching import MicroBatcher
 from service.engine import GenerateJob, GenerateResult, TorchEngine
 from service.errors import PromptTooLong, ServiceError
 from service.schemas import GenerateRequest, GenerateResponse
@@ -62,7 +61,10 @@ def decode_inputs(
 
 
 async def stream_events(
-    decoder: MicroBatcher[GenerateJob, GenerateResult], job: GenerateJob, info: dict[str, Any], rid: str
+    run: Callable[[GenerateJob], Coroutine[Any, Any, GenerateResult]],
+    job: GenerateJob,
+    info: dict[str, Any],
+    rid: str,
 ) -> AsyncIterator[bytes]:
     """SSE of one decode: text pieces as they come, then `done` with the response, or one `error`
     (a ServiceError's message; any other error as "internal error", its text logged under `rid`).
@@ -74,7 +76,7 @@ async def stream_events(
         loop.call_soon_threadsafe(queue.put_nowait, piece)
 
     job.on_text = on_text
-    task = asyncio.create_task(decoder.submit(job))
+    task = asyncio.create_task(run(job))
     try:
         while not (task.done() and queue.empty()):
             try:
