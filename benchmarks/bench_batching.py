@@ -1,7 +1,7 @@
 """Generation server dynamic batching: concurrent requests served as one batch vs one at a time.
 
-What the generation server's micro-batcher calls, `TorchEngine.generate_batch` / `score_batch`, on
-the REAL SmolLM2-135M-Instruct backbone with an untrained USER-LLM around it (paper-sized user
+The engine's batch functions, `TorchEngine.generate_batch` / `score_batch` (the engine loop's), on the
+REAL SmolLM2-135M-Instruct backbone with an untrained USER-LLM around it (paper-sized user
 tower, gated cross-attention before every 4th decoder layer, zero gates: the blocks still run, so
 the cost is the trained model's):
   - generate: 8 review requests (32 new tokens, greedy) as ONE batch vs 8 single-request batches;

@@ -22,6 +22,7 @@ BENCHMARKS = {  # report name -> module
     "worker": "benchmarks.bench_worker",
     "worker_drain": "benchmarks.bench_worker_drain",
     "batching": "benchmarks.bench_batching",
+    "engine_loop": "benchmarks.bench_engine_loop",
     "prompt_length": "benchmarks.bench_prompt_length",
     "lower_layers": "benchmarks.bench_lower_layers",
 }
