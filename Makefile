@@ -11,11 +11,12 @@ export USERLLM_BACKBONE_DIR := $(BACKBONE_DIR)
 
 .PHONY: install backbone test run train-demo demo soak lint bench clean
 
-$(STAMP): requirements/base.txt requirements/dev.txt requirements/nodeps.txt requirements/lock.txt
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/nodeps.txt requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .  # the userllm-* commands
 	@touch $@
 
 install: $(STAMP)

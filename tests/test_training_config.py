@@ -130,3 +130,26 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
         resolve_config("finetune", FinetuneConfig(), ["--recipe=nope"])
     with pytest.raises(ConfigError, match="unknown recipe 'demo-next-item' for pretrain-encoder"):
         resolve_config("pretrain-encoder", TrainConfig(), ["--recipe=demo-next-item"])
+
+
+def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:
+    from training.config import TrainConfig, default_run_dir
+
+    assert default_run_dir("checkpoints/encoder", "run") == "runs/encoder"
+    assert default_run_dir("../elsewhere/encoder", "run") == "../elsewhere/runs/encoder"
+    outside = tmp_path / "models" / "encoder"
+    assert TrainConfig(out_dir=str(outside)).resolved_run_dir == str(tmp_path / "models" / "runs" / "encoder")
+    assert TrainConfig(out_dir=str(outside), run_dir="my-run").resolved_run_dir == "my-run"
+
+
+def test_the_commands_are_installed_and_run_from_any_directory(tmp_path) -> None:
+    """`make install` installs the project: `userllm-train` works outside the repository."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).parent / "userllm-train"
+    assert command.is_file(), "run `make install` (pip install -e .) to get the userllm-* commands"
+    done = subprocess.run([command, "evaluate", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--checkpoint=" in done.stdout and "No module named" not in done.stderr

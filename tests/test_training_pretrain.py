@@ -101,3 +101,59 @@ def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["nonsense"]) == 2
     assert cli.main(["pretrain-encoder", "--help"]) == 0
     assert "--window=50" in capsys.readouterr().out
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ["--dataset=movielens-latest", f"--path={FIXTURES / 'ml-latest-small'}"],  # same name, other files
+        ["--dataset=amazon-2018", f"--path={FIXTURES / 'amazon-2018'}", "--category=Magazine_Subscriptions"],
+    ],
+)
+@pytest.mark.parametrize("command", ["evaluate", "baselines"])
+def test_a_checkpoint_pointed_at_other_data_is_an_error_naming_both(
+    trained: tuple[TrainConfig, dict], data: list[str], command: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    cfg, _ = trained
+    args = [command, f"--checkpoint={cfg.out_dir}", f"--out_dir={tmp_path}", *data]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "DataMismatch" in err and f"checkpoint {cfg.out_dir} was trained on movielens-latest" in err
+    assert data[0].split("=")[1] in err.split("but the data given")[1]  # the other data set, named
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_checkpoint_evaluates_on_its_own_data(trained: tuple[TrainConfig, dict], tmp_path: Path) -> None:
+    cfg, _ = trained
+    args = ["evaluate", f"--checkpoint={cfg.out_dir}", f"--out_dir={tmp_path}",
+            f"--max_users={cfg.max_users}"]
+    assert cli.main(args) == 0 and (tmp_path / "results.json").is_file()
+
+
+def test_log_lines_reach_a_redirected_stdout_while_the_run_goes_on(tmp_path: Path) -> None:
+    """With stdout a pipe (block-buffered), each `iter N | loss` line arrives when it is logged."""
+    import select
+    import subprocess
+    import sys
+
+    child = (
+        "import sys\n"
+        "from training.run import RunLog\n"
+        f"log = RunLog({str(tmp_path)!r}, start=0, total=10, progress=False, resume=False)\n"
+        "log.log(1, loss=2.5, val=None, lr=1e-3)\n"
+        "sys.stdin.readline()\n"  # the run goes on until the parent has read the line
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no log line on the pipe while the run goes on"
+        assert proc.stdout.readline().startswith("iter 1 | loss 2.5000")
+    finally:
+        proc.communicate("\n", timeout=30)

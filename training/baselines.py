@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from training.config import EvalConfig
-from training.corpus import Corpus, load_corpus, vocabs_from_dict
+from training.corpus import Corpus, load_corpus_for
 from training.data import Example, favourite_categories
 from training.evaluate import (
     command_line,
@@ -89,10 +89,8 @@ def run_baselines(
 
 def main(cfg: EvalConfig) -> list[dict[str, Any]]:
     """Most-popular + sequence-only on the checkpoint's vocabulary and split; writes out_dir/results.*"""
-    encoder, vocab, ck = load_encoder(cfg.checkpoint)
-    corpus = load_corpus(
-        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users, vocabs=vocabs_from_dict(vocab)
-    )
+    encoder, _, ck = load_encoder(cfg.checkpoint)
+    corpus = load_corpus_for(ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
     examples = corpus.examples(cfg.split)
     results = run_baselines(corpus, examples, ks=cfg.k_list, encoder=encoder, batch_size=cfg.batch_size)
     if cfg.label:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +41,22 @@ class CheckFailed(Exception):
 # --- configs ---
 
 
+def default_run_dir(out_dir: str, fallback: str) -> str:
+    """`runs/<name of out_dir>` for an output under the current directory; beside the output
+    (`<its parent>/runs/<name>`) for one elsewhere, so logs and resume state never land in the
+    current directory (the repository) while the checkpoint goes somewhere else."""
+    out = Path(out_dir)
+    name = out.name or fallback
+    inside = not out.is_absolute() and ".." not in out.parts
+    if not inside:
+        try:
+            out.resolve().relative_to(Path.cwd().resolve())
+            inside = True
+        except ValueError:
+            inside = False
+    return f"runs/{name}" if inside else str(out.parent / "runs" / name)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Self-supervised next-event pretraining of the user encoder (also the base of fine-tuning)."""
@@ -54,7 +71,7 @@ class TrainConfig:
     stride: int = 50  # step between training windows of one user's history
     # output
     out_dir: str = "checkpoints/encoder"  # checkpoint directory (best validation weights)
-    run_dir: str | None = None  # log.jsonl, trainer_state.pt, last/; None = runs/<basename of out_dir>
+    run_dir: str | None = None  # log.jsonl, trainer_state.pt, last/; None = default_run_dir(out_dir)
     resume: bool = False  # continue from run_dir/trainer_state.pt
     # optimisation
     seed: int = 1337  # seeds python, numpy and torch before model init, and the batch order
@@ -103,10 +120,7 @@ class TrainConfig:
     @property
     def resolved_run_dir(self) -> str:
         """Where logs and resume state go."""
-        if self.run_dir:
-            return self.run_dir
-        name = self.out_dir.rstrip("/").split("/")[-1] or "run"
-        return f"runs/{name}"
+        return self.run_dir or default_run_dir(self.out_dir, "run")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> TrainConfig:
@@ -248,7 +262,7 @@ class TextPromptConfig:
     backbone_dir: str | None = None  # HF causal-LM folder; None = $USERLLM_BACKBONE_DIR
     # output
     out_dir: str = "results/text-prompt"  # results.json, results.md, plots
-    run_dir: str | None = None  # feature cache, log.jsonl, heads.pt; None = runs/<basename of out_dir>
+    run_dir: str | None = None  # feature cache, log.jsonl, heads.pt; None = default_run_dir(out_dir)
     label: str = ""  # name of this run in tables ("" = text-prompt (frozen backbone, history as text))
     ks: str = "1,5,10"  # cut-offs of Recall@K (NDCG is reported at the largest)
     # prompts and features
@@ -284,7 +298,7 @@ class TextPromptConfig:
 
     @property
     def resolved_run_dir(self) -> str:
-        return self.run_dir or f"runs/{self.out_dir.rstrip('/').split('/')[-1] or 'text-prompt'}"
+        return self.run_dir or default_run_dir(self.out_dir, "text-prompt")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> TextPromptConfig:

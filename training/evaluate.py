@@ -32,7 +32,7 @@ from models.checkpoint import Checkpoint, load_checkpoint, load_state_strict
 from models.features import collate_events
 from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import EvalConfig
-from training.corpus import Corpus, encoded, load_corpus, vocabs_from_dict
+from training.corpus import Corpus, encoded, load_corpus_for
 from training.data import Example, favourite_category
 from training.generic_text import GenericText, generic_texts
 from training.metrics import accuracy, ranking_metrics, rouge, rouge_pairs, seen_mask, target_ranks
@@ -251,10 +251,7 @@ def command_line() -> str:
 
 def main(cfg: EvalConfig) -> dict[str, Any]:
     ck = load_checkpoint(cfg.checkpoint)
-    corpus = load_corpus(
-        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
-        vocabs=vocabs_from_dict(ck.extras["vocab"]),
-    )  # fmt: skip
+    corpus = load_corpus_for(ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
     examples = corpus.examples(cfg.split)
     if ck.manifest["kind"] == "encoder":
         encoder, _, _ = load_encoder(cfg.checkpoint)

@@ -31,7 +31,7 @@ from models.backbone import backbone_id
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.personalized import PersonalizedLM
 from training.config import FinetuneConfig, seed_everything
-from training.corpus import Corpus, git_sha, load_corpus, vocabs_from_dict
+from training.corpus import Corpus, git_sha, load_corpus_for
 from training.data import Example, favourite_category
 from training.distill import EncoderTeacher
 from training.evaluate import encoder_from_checkpoint
@@ -147,10 +147,9 @@ def build_pools(
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
     start_time = time.perf_counter()
     encoder_ck = load_checkpoint(cfg.encoder_dir)
-    corpus = load_corpus(
-        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
-        vocabs=vocabs_from_dict(encoder_ck.extras["vocab"]),
-    )  # fmt: skip
+    corpus = load_corpus_for(
+        encoder_ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users
+    )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,14 +121,17 @@ class RunLog:
         val_text = f"{val:.4f}" if val is not None else "-"
         line = f"iter {step} | loss {loss:.4f} | val {val_text} | lr {lr:.1e} | {ms:.1f} ms"
         record = {"iter": step, "loss": round(loss, 6), "val": val, "lr": lr, "ms": round(ms, 2), **extra}
-        tqdm.write(line)
+        self.note(line)
         self.bar.set_postfix(loss=f"{loss:.3f}", val=val_text)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         return record
 
     def note(self, message: str) -> None:
-        tqdm.write(message)
+        """A line above the progress bar, flushed at once (stdout redirected to a file or a pipe is
+        block-buffered: the lines would otherwise appear only when the run ends)."""
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
 
     def close(self) -> None:
         self.bar.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 from models.checkpoint import load_checkpoint
 from training.config import CheckFailed, EvalConfig
-from training.corpus import load_corpus, vocabs_from_dict
+from training.corpus import load_corpus_for
 from training.evaluate import userllm_runner, userllm_text_report
 
 __all__ = ["format_report", "main"]
@@ -57,10 +57,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError(
             f"{cfg.checkpoint}: text-check needs a userllm checkpoint, not {ck.manifest['kind']!r}"
         )
-    corpus = load_corpus(
-        cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
-        vocabs=vocabs_from_dict(ck.extras["vocab"]),
-    )  # fmt: skip
+    corpus = load_corpus_for(ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
     runner = userllm_runner(ck, corpus)
     report = userllm_text_report(runner, corpus.examples(cfg.split), cfg.text_users)
     out = Path(cfg.out_dir)

@@ -35,7 +35,7 @@ from models.generation import left_pad
 from models.heads import CategoryHead, NextItemHead
 from models.prompts import instruction
 from training.config import TextPromptConfig, seed_everything
-from training.corpus import Corpus, load_corpus, vocabs_from_dict
+from training.corpus import Corpus, load_corpus_for
 from training.data import Event, Example, favourite_category
 from training.distill import EncoderTeacher, distillation_loss
 from training.evaluate import command_line, evaluate_genre, evaluate_next_item, load_encoder, write_results
@@ -249,9 +249,8 @@ def fit_heads(heads: nn.ModuleDict, train: tuple[Tensor, dict], valid: tuple[Ten
 def main(cfg: TextPromptConfig) -> dict[str, Any]:
     """Features (cached), heads, test metrics; writes out_dir/results.* and run_dir/heads.pt."""
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    encoder, vocab, ck = load_encoder(cfg.encoder_dir)
-    corpus = load_corpus(cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users,
-                         vocabs=vocabs_from_dict(vocab))  # fmt: skip
+    encoder, _, ck = load_encoder(cfg.encoder_dir)
+    corpus = load_corpus_for(ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
     seed_everything(cfg.seed)
     backbone_dir = cfg.backbone_dir or default_backbone_dir()
     dtype = getattr(torch, cfg.backbone_dtype)
