@@ -21,6 +21,7 @@ from benchmarks.harness import BENCH_DIR, ROOT
 BENCHMARKS = {  # report name -> module
     "worker": "benchmarks.bench_worker",
     "worker_drain": "benchmarks.bench_worker_drain",
+    "memory": "benchmarks.bench_memory",
     "batching": "benchmarks.bench_batching",
     "engine_loop": "benchmarks.bench_engine_loop",
     "prompt_length": "benchmarks.bench_prompt_length",

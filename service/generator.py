@@ -145,7 +145,7 @@ async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | N
         user_id=user_id, expected_rev=record.rev, add=[], drop=[], user_tokens=encoded.user_tokens,
         model_version=engine.model_version, n_events_encoded=encoded.n_events,
         last_event_key=record.events[-1].key, state_kv=encoded.state, state_keys=encoded.state_keys,
-        n_unknown=0, new_items=[],
+        n_unknown=0, new_items=[], state_ttl_s=state["settings"].state_ttl_s,
     )  # fmt: skip
     await write_updates(state["redis"], state["keys"], [update])
     return UserInput(encoded.user_tokens), time.time()

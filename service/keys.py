@@ -5,8 +5,9 @@
 | `{p}:events:{shard}`               | stream | accepted events; consumer group `encoders`                  |
 | `{p}:hist:{user}`                  | zset   | the user's newest events: member = event key, score = time  |
 | `{p}:evt:{user}`                   | hash   | event key -> packed event (JSON)                            |
-| `{p}:state:{user}`                 | hash   | incremental encoder state: `kv` (fp32 bytes), `shape`,      |
-|                                    |        | `keys` (event keys it covers, JSON), `model_version`        |
+| `{p}:state:{user}`                 | hash   | incremental encoder state: `kv` (fp16 bytes), `shape`,      |
+|                                    |        | `keys` (event keys it covers, JSON), `model_version`;       |
+|                                    |        | expires `state_ttl_s` after the last update when that is set |
 | `{p}:emb:{user}`                   | hash   | `user_tokens` (fp16 bytes, L x Du), `shape`, `dtype`,       |
 |                                    |        | `model_version`, `updated_at`, `last_event_id`, `n_events`, |
 |                                    |        | `rev` (compare-and-set revision of the user's record)       |

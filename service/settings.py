@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     items_keep: int = Field(
         10_000, ge=0, description="newest seen items kept per user for exclude_seen (0: no cap)"
     )
+    state_ttl_s: int = Field(
+        0, ge=0, description="the incremental encoder state of a user not updated for this long expires "
+        "(the user's next update recomputes it; about 32 KB less per inactive user); 0: kept",
+    )  # fmt: skip
     dedup_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="how long a client event_id is remembered")
 
     # --- files ---

@@ -30,7 +30,8 @@ from service.keys import Keys
 
 # KEYS: hist, evt, emb, state, seen, items, forgotten. ARGV[1]: expected revision ("" = no record yet),
 # ARGV[2]: JSON {add: [[key, score, packed]], drop: [key], emb: {...}, state: {...} | null,
-# seen: {...}, new_items: [[item, time]], items_keep: int, history_keep: int, n_new: int, oldest_ms: int};
+# seen: {...}, new_items: [[item, time]], items_keep: int, history_keep: int, n_new: int, oldest_ms: int,
+# state_ttl_ms: int (> 0: the state expires after that long without an update)};
 # bytes fields come as ARGV[3] (tokens), ARGV[4] (state kv). A user forgotten (DELETE) after the oldest
 # added event was queued is not written. Past `history_keep` events (0: no cap) the oldest by time are
 # removed (events tied in time go in the order of their keys).
@@ -62,6 +63,8 @@ if u.state == cjson.null then
 else
   redis.call('HSET', KEYS[4], 'kv', ARGV[4], 'shape', u.state.shape, 'keys', u.state.keys,
              'model_version', u.state.model_version, 'checksum', u.state.checksum)
+  if u.state_ttl_ms > 0 then redis.call('PEXPIRE', KEYS[4], u.state_ttl_ms)
+  else redis.call('PERSIST', KEYS[4]) end
 end
 if u.n_new > 0 then
   redis.call('HINCRBY', KEYS[5], 'n_events', u.n_new)
@@ -262,6 +265,7 @@ class UserUpdate:
     oldest_ms: int = 0  # queue time (stream entry id) of the oldest added event; 0: nothing added
     items_keep: int = 10_000  # newest items kept in the user's seen-items set (0: no cap)
     history_keep: int = 0  # newest events kept in the user's history (0: no cap)
+    state_ttl_s: int = 0  # the state expires after this long without an update (0: kept)
 
 
 async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpdate]) -> list[bool]:
@@ -302,6 +306,7 @@ async def write_updates(redis: aioredis.Redis, keys: Keys, updates: list[UserUpd
             "new_items": [[item, t] for item, t in up.new_items],
             "items_keep": up.items_keep,
             "history_keep": up.history_keep,
+            "state_ttl_ms": up.state_ttl_s * 1000,
             "oldest_ms": up.oldest_ms,
         }
         argv: list[bytes | str] = [

@@ -113,6 +113,7 @@ class EncoderWorker:
         trim_interval_s: float = 10.0,
         max_backoff_s: float = 5.0,
         items_keep: int = 10_000,
+        state_ttl_s: int = 0,
     ):
         self.redis, self.keys, self.runtime, self.consumer = redis, keys, runtime, consumer
         self.history_keep = history_keep  # events kept per user in Redis
@@ -123,6 +124,7 @@ class EncoderWorker:
         self.trim_interval_s = trim_interval_s  # how often acknowledged stream entries are trimmed
         self.max_backoff_s = max_backoff_s  # longest wait between retries while Redis is down
         self.items_keep = items_keep  # newest items kept per user for exclude_seen
+        self.state_ttl_s = state_ttl_s  # an inactive user's encoder state expires after this (0: kept)
         self.started_at = time.time()
         self.applied = 0  # events applied since start (reported in the heartbeat)
 
@@ -205,6 +207,7 @@ class EncoderWorker:
             oldest_ms=plan.oldest_ms,
             items_keep=self.items_keep,
             history_keep=self.history_keep,
+            state_ttl_s=self.state_ttl_s,
         )
 
     # --- one micro-batch ---
@@ -456,6 +459,7 @@ async def main() -> None:
         claim_idle_ms=settings.claim_idle_ms,
         heartbeat_ttl_s=settings.heartbeat_ttl_s,
         items_keep=settings.items_keep,
+        state_ttl_s=settings.state_ttl_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -474,5 +478,10 @@ async def main() -> None:
         await redis.aclose()
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `userllm-worker` command."""
     asyncio.run(main())
+
+
+if __name__ == "__main__":
+    run()

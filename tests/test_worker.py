@@ -186,6 +186,33 @@ async def test_long_histories_read_only_the_newest_events_and_are_trimmed_to_his
     )
 
 
+async def test_an_inactive_users_state_expires_and_the_next_update_recomputes(ctx) -> None:
+    """`state_ttl_s`: the encoder state of a user without updates expires (memory), and the user's
+    next update is a recompute equal to a full pass."""
+    import asyncio
+
+    from service import metrics
+
+    redis, keys, runtime = ctx
+    worker = EncoderWorker(redis, keys, runtime, consumer="w-ttl", block_ms=10, state_ttl_s=1)
+    await publish(redis, keys, [ev("hal", i, 100 + i) for i in range(1, 6)])
+    await drain(worker)
+    assert 0 < await redis.pttl(keys.state("hal")) <= 1000
+    await asyncio.sleep(1.2)
+    assert not await redis.exists(keys.state("hal")) and await read_tokens(redis, keys, "hal") is not None
+    full = metrics.WORKER_UPDATES.labels("full")._value.get()
+    await publish(redis, keys, [ev("hal", 9, 200)])
+    await drain(worker)
+    assert metrics.WORKER_UPDATES.labels("full")._value.get() == full + 1
+    cached, history = await read_tokens(redis, keys, "hal"), await read_history(redis, keys, "hal")
+    assert cached.n_events == 6 and 0 < await redis.pttl(keys.state("hal")) <= 1000
+    np.testing.assert_allclose(
+        cached.user_tokens.astype(np.float32),
+        runtime.encode_full([history])[0].user_tokens.astype(np.float32),
+        atol=1e-3,
+    )
+
+
 async def test_crash_between_write_and_ack_applies_nothing_twice(ctx, monkeypatch) -> None:
     redis, keys, _ = ctx
     await publish(redis, keys, [ev("erin", i, i, event_id=f"e{i}") for i in range(1, 9)])
