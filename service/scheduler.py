@@ -147,23 +147,28 @@ class EngineLoop:
 
     # --- the engine thread's side ---
 
-    def _resolve(self, pending: _Pending[Any, Any], result: Any) -> None:
+    def _settle(
+        self, pending: _Pending[Any, Any], result: Any = None, exc: BaseException | None = None
+    ) -> None:
+        """Hand a result (or an error) back to the event loop; a future already done (its caller was
+        cancelled) is left alone."""
         assert self._loop is not None
 
         def done() -> None:
-            if not pending.future.done():
+            if pending.future.done():
+                return
+            if exc is not None:
+                pending.future.set_exception(exc)
+            else:
                 pending.future.set_result(result)
 
         self._loop.call_soon_threadsafe(done)
 
+    def _resolve(self, pending: _Pending[Any, Any], result: Any) -> None:
+        self._settle(pending, result)
+
     def _fail(self, pending: _Pending[Any, Any], exc: BaseException) -> None:
-        assert self._loop is not None
-
-        def done() -> None:
-            if not pending.future.done():
-                pending.future.set_exception(exc)
-
-        self._loop.call_soon_threadsafe(done)
+        self._settle(pending, exc=exc)
 
     def _take(self, queue: deque[_Pending[J, R]], n: int) -> list[_Pending[J, R]]:
         with self._wake:
