@@ -63,6 +63,10 @@ train-demo: install backbone
 	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_USERLLM_DIR) --out_dir=$(DEMO_RUNS_DIR)/text-check \
 		--text_users=24
 
+# The quick benchmark suite (about 10 minutes; needs Redis on 127.0.0.1:6379) -> docs/performance.md
+bench: install backbone
+	$(BIN)/python -m benchmarks.run_all --quick --threads 2
+
 lint: install
 	$(BIN)/ruff check models training service tests scripts benchmarks loadtests
 	$(BIN)/mypy service

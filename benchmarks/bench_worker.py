@@ -33,6 +33,7 @@ from benchmarks.movielens import load
 from models.user_encoder import EncoderState, UserEncoderConfig, past_from_tensor
 from models.user_tower import UserTower, UserTowerConfig
 from service.encoding import UserTowerRuntime
+from service.user_store import checksum
 
 CACHED = (5, 20, 40, 49)  # events already encoded in the cached state
 BATCHES = (1, 32)  # users updated in one worker micro-batch
@@ -41,11 +42,13 @@ MODEL_VERSION = "bench-untrained"
 
 def state_hash(runtime: UserTowerRuntime, state: np.ndarray, keys: list[str]) -> dict[bytes, bytes]:
     """The `ullm:state:{user}` hash as the worker stores it (see service/user_store.py)."""
+    data, shape, keys_json = state.tobytes(), json.dumps(list(state.shape)), json.dumps(keys)
     return {
-        b"kv": state.tobytes(),
-        b"shape": json.dumps(list(state.shape)).encode(),
-        b"keys": json.dumps(keys).encode(),
+        b"kv": data,
+        b"shape": shape.encode(),
+        b"keys": keys_json.encode(),
         b"model_version": runtime.model_version.encode(),
+        b"checksum": checksum(data, shape, "float16", runtime.model_version, keys_json).encode(),
     }
 
 

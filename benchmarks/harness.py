@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "docs" / "bench"
+BENCH_DIR = Path(os.environ.get("USERLLM_BENCH_DIR") or ROOT / "docs" / "bench")  # run_all --quick: its own
 DATA_DIR = ROOT / "data" / "ml-latest-small"
 BACKBONE_ENV = "USERLLM_BACKBONE_DIR"
 DEFAULT_BACKBONE = Path.home() / ".cache" / "userllm" / "backbones" / "smollm2-135m-instruct"
@@ -202,8 +202,16 @@ class Report:
         json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         md_path.write_text(self.markdown())
         print(self.markdown())
-        print(f"wrote {json_path.relative_to(ROOT)} and {md_path.relative_to(ROOT)}")
+        print(f"wrote {_shown(json_path)} and {_shown(md_path)}")
         return json_path, md_path
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _fmt(value: Any) -> str:

@@ -6,6 +6,7 @@ Run: python -m benchmarks.plots   (run_all calls it after merging)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -17,8 +18,11 @@ from benchmarks.harness import BENCH_DIR, ROOT  # noqa: E402
 PLOTS = ROOT / "docs" / "plots"
 
 
+SOURCE = {"dir": BENCH_DIR, "prefix": "bench_"}  # where the reports are read, how the plots are named
+
+
 def _rows(name: str, table: int = 0) -> list[dict] | None:
-    path = BENCH_DIR / f"{name}.json"
+    path = SOURCE["dir"] / f"{name}.json"
     return json.loads(path.read_text())["tables"][table]["rows"] if path.is_file() else None
 
 
@@ -34,7 +38,7 @@ def worker() -> None:
         ax.plot(n, [r["full ms/user"] for r in mine], "s--", label=f"full recompute, {users} users")
     ax.set(xlabel="cached events n", ylabel="median ms per user update", title="Encoder worker")
     ax.legend(fontsize=8)
-    _save(fig, "bench_worker.png")
+    _save(fig, "worker.png")
 
 
 def prompt_length() -> None:
@@ -48,20 +52,28 @@ def prompt_length() -> None:
     ax.plot(n, [r["USER-LLM cache-miss ms"] for r in rows], "^:", label="USER-LLM, tower re-run")
     ax.set(xlabel="history length N (events)", ylabel="median prefill ms", title="Prefill vs history")
     ax.legend(fontsize=8)
-    _save(fig, "bench_prompt_length.png")
+    _save(fig, "prompt_length.png")
 
 
 def _save(fig, name: str) -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    name = f"{SOURCE['prefix']}{name}"
     fig.savefig(PLOTS / name, dpi=120)
     plt.close(fig)
     print(f"wrote docs/plots/{name}")
 
 
-def main() -> None:
-    worker()
-    prompt_length()
+def main(source: Path = BENCH_DIR, prefix: str = "bench_") -> list[str]:
+    """Draw every plot whose report exists under `source` as docs/plots/<prefix><name>.png; returns
+    the file names drawn."""
+    SOURCE.update(dir=source, prefix=prefix)
+    drawn = []
+    for name, draw in (("worker", worker), ("prompt_length", prompt_length)):
+        if _rows(name) is not None:
+            draw()
+            drawn.append(f"{prefix}{name}.png")
+    return drawn
 
 
 if __name__ == "__main__":
