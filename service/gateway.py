@@ -78,6 +78,7 @@ class State(TypedDict):
     keys: Keys
     generator: GeneratorClient
     catalogue: dict[str, set[str]]  # {"items": ...} once fetched from the generator
+    catalogue_failed_at: list[float]  # [monotonic time of the last failed fetch]
     backlog: list[float]  # [entries waiting, monotonic time read]: re-read at most every BACKLOG_TTL_S
     keyring: KeyRing | None  # None: authentication explicitly disabled
 
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, generator_transport: Any = None
                 keys=Keys(settings.key_prefix, settings.num_shards),
                 generator=generator,
                 catalogue={},
+                catalogue_failed_at=[float("-inf")],
                 backlog=[0.0, float("-inf")],
                 keyring=keyring,
             )
@@ -207,13 +209,24 @@ def parse_events(body: Any) -> list[EventIn]:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
 
 
+CATALOGUE_RETRY_S = 5.0  # while the generation server is unreachable, ask it again at most this often
+
+
 async def known_items(state: State) -> set[str] | None:
-    if "items" not in state["catalogue"]:
-        try:
-            state["catalogue"]["items"] = set((await state["generator"].get("/v1/info"))["items"])
-        except Exception:
+    """The catalogue's item ids (fetched once from the generation server), or None while it cannot be
+    fetched: /events then counts no unknown items, and does not wait on the generation server for
+    every request (one attempt per CATALOGUE_RETRY_S)."""
+    catalogue = state["catalogue"]
+    if "items" not in catalogue:
+        now = time.monotonic()
+        if now - state["catalogue_failed_at"][0] < CATALOGUE_RETRY_S:
             return None
-    return state["catalogue"]["items"]
+        try:
+            catalogue["items"] = set((await state["generator"].get("/v1/info"))["items"])
+        except Exception:
+            state["catalogue_failed_at"][0] = now
+            return None
+    return catalogue["items"]
 
 
 async def current_backlog(state: State, *, fresh: bool = False) -> int:

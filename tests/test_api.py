@@ -403,3 +403,24 @@ async def test_redis_down_gives_503(settings) -> None:
             assert_envelope(await client.get("/readyz"), 503, "StoreUnavailable")
             assert_envelope(await client.post("/events", json=events("u", [1])), 503, "StoreUnavailable")
             assert_envelope(await client.get("/users/u"), 503, "StoreUnavailable")  # was a 500
+
+
+async def test_events_are_queued_while_the_generation_server_is_down(settings) -> None:
+    """The catalogue (for counting unknown items) comes from the generation server; while it is
+    unreachable, /events still queues events (unknown_items null) and asks it at most every 5 s."""
+    calls = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    down = settings.model_copy(update={"min_workers": 0, "generator_retries": 0})
+    app = gateway.create_app(down, generator_transport=httpx.MockTransport(refuse))
+    async with LifespanManager(app) as gw:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw") as c:
+            for n in range(5):
+                resp = await c.post("/events", json=events(f"d{n}", [1, 2], start=n * 10.0))
+                assert resp.status_code == 202 and resp.json() == {
+                    "accepted": 2, "unknown_items": None, "duplicates": 0
+                }
+    assert calls == ["/v1/info"]
