@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,17 +27,11 @@ from typing import Any
 
 import httpx
 
-from benchmarks.harness import ROOT, Report, Table, add_thread_arg
+from benchmarks.harness import ROOT, Report, Table, add_thread_arg, free_port
 from service.keys import Keys
 from service.redis_conn import create_redis
 from service.schemas import EventIn
 from service.streams import publish
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def body(n: int, seq: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from benchmarks.harness import Report, Table, add_thread_arg
+from benchmarks.harness import Report, Table, add_thread_arg, free_port
 from benchmarks.movielens import load
 from service.keys import Keys
 from service.user_store import StoredEvent, UserUpdate, write_updates
@@ -45,12 +45,6 @@ TOKENS = (17, 64)  # the demo recipe: 16 Perceiver tokens + the last-event token
 STATE = (5, 50, 64)  # 2 layers: (k, v) x 2 + the inputs; 50 events; d_model 64
 POLICIES = {"default": (200, 10_000, 0), "compact": (60, 100, 1)}  # (history_keep, items_keep, state_ttl_s)
 KINDS = ("hist", "evt", "emb", "state", "seen", "items")  # Keys.user_keys order
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def synthetic_events(pool: list[StoredEvent], user: int, n: int) -> list[StoredEvent]:

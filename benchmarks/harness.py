@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,13 @@ def interleaved(
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def median_ms(samples: Sequence[float]) -> float:

@@ -98,10 +98,6 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def keys(self) -> list[Hashable]:
-        return [r.key for r in self.rows]
-
     def _prefix_len(self) -> int:
         ctx = self.context
         return 0 if ctx is None or ctx.prefix is None else int(ctx.prefix.shape[1])

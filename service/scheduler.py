@@ -193,7 +193,7 @@ class EngineLoop:
                     self._wake.wait(self.max_wait_s)  # nothing decoding: let a few more scores come
             try:
                 self._iteration()
-            except Exception:  # never reached: each stage catches its own errors; kept as a guard
+            except Exception:  # each stage fails its own jobs; a bookkeeping bug must not end the thread
                 log.exception("engine loop iteration failed")
 
     def _batched(self, queue: deque[_Pending[J, R]], fn: Callable[[list[J]], Sequence[R]], name: str) -> None:
@@ -245,7 +245,7 @@ class EngineLoop:
         cancelled = {key for key, row in self._running.items() if row.pending.job.cancelled.is_set()}
         self.most_rows = max(self.most_rows, len(self._running) - len(cancelled))
         try:
-            emitted = self._batch.step(cancelled=set(cancelled))
+            emitted = self._batch.step(cancelled=cancelled)
         except Exception as exc:
             log.warning("decode step of %d rows failed: %s: %s", len(self._running), type(exc).__name__, exc)
             for row in self._running.values():
