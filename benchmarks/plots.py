@@ -42,16 +42,23 @@ def worker() -> None:
 
 
 def prompt_length() -> None:
-    rows = _rows("prompt_length")
-    if rows is None:
+    rows, flops = _rows("prompt_length"), _rows("prompt_length", 1)
+    if rows is None or flops is None:
         return
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    n = [r["history N"] for r in rows]
-    ax.plot(n, [r["text ms"] for r in rows], "s--", label="text-prompt history")
-    ax.plot(n, [r["USER-LLM ms"] for r in rows], "o-", label="USER-LLM (cached user tokens)")
-    ax.plot(n, [r["USER-LLM cache-miss ms"] for r in rows], "^:", label="USER-LLM, tower re-run")
-    ax.set(xlabel="history length N (events)", ylabel="median prefill ms", title="Prefill vs history")
-    ax.legend(fontsize=8)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    styles = {"text prompt": "s--", "cross-attention": "o-", "soft prompt": "v-", "PPlug": "D-"}
+    for mode, style in styles.items():
+        timed = [r for r in rows if isinstance(r[f"{mode} ms"], (int, float))]
+        left.plot([r["history N"] for r in timed], [r[f"{mode} ms"] for r in timed], style, label=mode)
+        right.plot([r["history N"] for r in flops], [r[f"{mode} GFLOPs"] for r in flops], style, label=mode)
+    left.plot([r["history N"] for r in rows], [r["cross-attention cache-miss ms"] for r in rows], "^:",
+              label="cross-attention, tower re-run")  # fmt: skip
+    axis = "history length N (events)"
+    left.set(xlabel=axis, ylabel="median prefill ms", title="Prefill latency (measured)", yscale="log")
+    right.set(xlabel=axis, ylabel="GFLOPs per request", title="Prefill FLOPs (analytic)", xscale="log",
+              yscale="log")  # fmt: skip
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
     _save(fig, "prompt_length.png")
 
 
