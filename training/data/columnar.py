@@ -17,6 +17,12 @@ Canonical forms: ids `0` or `[1-9][0-9]{0,8}` (so `str(int(id)) == id`, ids orde
 id order does, and a (user, item) pair packs into one int64), integers (timestamps)
 `-?[0-9]{1,18}`, decimals (ratings) `[0-9]{1,6}(.[0-9]{1,6})?` (Arrow and `float()` round both to
 the nearest double).
+
+Why Arrow and not polars (measured 2026-12-03 here, a 1M-row ratings.csv read as strings, one
+thread): pyarrow 26.0.1 took 0.14-0.25 s, polars 2.1.0 0.27-0.36 s; and Arrow reads a CSV file as
+the `csv` module does (a row with a field too few is an error, a blank line is skipped, an empty
+field is an empty string), where polars fills a short row with nulls and reads a blank line as a
+row of nulls, so a malformed line could pass unseen.
 """
 
 from __future__ import annotations
