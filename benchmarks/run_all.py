@@ -33,6 +33,7 @@ BENCHMARKS = {  # report name -> module
     "engine_loop": "benchmarks.bench_engine_loop",
     "prompt_length": "benchmarks.bench_prompt_length",
     "lower_layers": "benchmarks.bench_lower_layers",
+    "loader": "benchmarks.bench_loader",
 }
 QUICK_DIR = ROOT / "docs" / "bench" / "quick"
 QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the same measurements)
@@ -43,6 +44,7 @@ QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the sam
     "engine_loop": ["--repeats", "1", "--requests", "8"],
     "prompt_length": ["--repeats", "3"],
     "lower_layers": ["--repeats", "3"],
+    "loader": ["--rows", "500000"],
 }
 PERFORMANCE_HEADER = """# Performance (`make bench`)
 
