@@ -101,8 +101,8 @@ def _texts(users: np.ndarray, items: np.ndarray, tags: dict[tuple[str, str], lis
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector (restored after): the events hold no cycles, and
-    without the pause each young collection re-walks the objects made since, which doubles the
-    time to make a million events (2.2 s vs 1.1 s measured here)."""
+    without the pause it runs every 700 new objects and walks the older generations as they grow,
+    which doubles the time to make a million events (2.2 s vs 1.1 s, measured here 2026-12-03)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
