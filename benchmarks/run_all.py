@@ -34,6 +34,7 @@ BENCHMARKS = {  # report name -> module
     "prompt_length": "benchmarks.bench_prompt_length",
     "lower_layers": "benchmarks.bench_lower_layers",
     "stack": "benchmarks.bench_stack",
+    "loader": "benchmarks.bench_loader",
 }
 QUICK_DIR = ROOT / "docs" / "bench" / "quick"
 QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the same measurements)
@@ -45,6 +46,7 @@ QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the sam
     "prompt_length": ["--repeats", "3", "--lengths", "10,50,200"],
     "lower_layers": ["--repeats", "3"],
     "stack": ["--seconds", "5", "--gen-requests", "1"],
+    "loader": ["--rows", "500000"],
 }
 PERFORMANCE_HEADER = """# Performance (`make bench`)
 

@@ -13,6 +13,9 @@ Tags become the event text of the rated (user, item) pair, joined with ", " in t
 unrated pairs are ignored. `(no genres listed)` and the 100K `unknown` genre mean no category.
 A CSV header that differs from the expected one raises even under `on_error="skip"`: the columns
 cannot be trusted. Missing movie files are allowed (events then have no category).
+Engines: `"columnar"` (default) reads the CSV files with Arrow (`movielens_columnar.py`) and any CSV
+file it does not take, and every 100K/1M/10M file, line by line; `"python"` reads every file line
+by line (the reference). Both give the same data set, and the same error naming file and line.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from training.data.errors import DataFormatError, DatasetNotFoundError, ErrorPolicy, OnError
 from training.data.files import (
@@ -31,7 +35,19 @@ from training.data.files import (
     open_text,
     read_lines,
 )
+from training.data.movielens_columnar import (
+    MOVIES_HEADER,
+    RATINGS_HEADER,
+    TAGS_HEADER,
+    RatingColumns,
+    columnar_timelines,
+    read_ratings,
+    read_rows,
+)
 from training.data.timeline import Dataset, Event, Item, TieBreak, build_timelines
+
+Engine = Literal["columnar", "python"]
+ENGINES: tuple[str, ...] = ("columnar", "python")
 
 ML100K_GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -96,6 +112,14 @@ def _csv_rows(path: Path, header: tuple[str, ...], policy: ErrorPolicy) -> Itera
                 )
                 continue
             yield reader.line_num, fields
+
+
+def _any_rows(
+    path: Path, header: tuple[str, ...], policy: ErrorPolicy, engine: Engine, int_columns: tuple[str, ...] = ()
+) -> Iterator[tuple[int, list[str]] | tuple[int, tuple[str, ...]]]:
+    """The CSV rows read by Arrow when the engine is columnar and Arrow takes the file, else line by line."""
+    rows = read_rows(path, header, int_columns) if engine == "columnar" else None
+    return rows if rows is not None else _csv_rows(path, header, policy)
 
 
 def _rating_row(path: Path, number: int, fields: list[str]) -> _Row:
@@ -191,16 +215,23 @@ def load_movielens(
     *,
     tie_break: TieBreak = "item",
     on_error: OnError = "raise",
+    engine: Engine = "columnar",
 ) -> Dataset:
-    """Load a MovieLens directory (`version` one of VERSIONS; detected from the files when None)."""
+    """Load a MovieLens directory (`version` one of VERSIONS; detected from the files when None).
+
+    `engine`: `"columnar"` or `"python"` (line by line, the reference); both give the same data set.
+    """
     root = existing_path(path)
     if root.is_file():  # e.g. the ratings file itself
         root = root.parent
     version = version or detect_version(root)
     if version not in VERSIONS:
         raise ValueError(f"unknown MovieLens version {version!r}; expected one of {VERSIONS}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     policy = ErrorPolicy(on_error)
     tags: dict[tuple[str, str], list[str]] = {}
+    columns: RatingColumns | None = None
     if version == "100k":
         ratings_path = find_file(root, ["u.data"], "ratings")
         rows = _ratings(ratings_path, _split_rows(ratings_path, "\t", 4, policy), policy)
@@ -218,14 +249,14 @@ def load_movielens(
             tags = _tags(tag_path, _tags_dat(tag_path, policy), policy)
     else:
         ratings_path = find_file(root, ["ratings.csv"], "ratings")
-        header = ("userId", "movieId", "rating", "timestamp")
-        rows = _ratings(ratings_path, _csv_rows(ratings_path, header, policy), policy)
+        columns = read_ratings(ratings_path) if engine == "columnar" else None
+        if columns is None:
+            rows = _ratings(ratings_path, _csv_rows(ratings_path, RATINGS_HEADER, policy), policy)
         movies = find_optional(root, ["movies.csv"])
-        items = _items_split(_csv_rows(movies, ("movieId", "title", "genres"), policy)) if movies else {}
+        items = _items_split(_any_rows(movies, MOVIES_HEADER, policy, engine)) if movies else {}
         tag_path = find_optional(root, ["tags.csv"])
         if tag_path is not None:
-            tag_header = ("userId", "movieId", "tag", "timestamp")
-            tags = _tags(tag_path, _csv_rows(tag_path, tag_header, policy), policy)
+            tags = _tags(tag_path, _any_rows(tag_path, TAGS_HEADER, policy, engine, ("timestamp",)), policy)
 
     def events() -> Iterator[tuple[str, int, Event]]:
         for user, item, rating, timestamp in rows:
@@ -234,9 +265,8 @@ def load_movielens(
             text = ", ".join(pair_tags) if pair_tags else None
             yield user, timestamp, Event(item, timestamp, rating, known.categories if known else (), text)
 
-    return Dataset(
-        name=f"movielens-{version}",
-        timelines=build_timelines(events(), tie_break),
-        items=items,
-        skipped=policy.skipped,
-    )
+    if columns is not None:
+        timelines = columnar_timelines(columns, items, tags, tie_break)
+    else:
+        timelines = build_timelines(events(), tie_break)
+    return Dataset(name=f"movielens-{version}", timelines=timelines, items=items, skipped=policy.skipped)

@@ -66,6 +66,12 @@ class Dataset:
 # --- building timelines ---
 
 
+def check_tie_break(tie_break: str) -> None:
+    """ValueError unless `tie_break` is one of TIE_BREAKS."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+
+
 def build_timelines(
     rows: Iterable[tuple[str, int, Event]], tie_break: TieBreak = "item"
 ) -> dict[str, list[Event]]:
@@ -74,8 +80,7 @@ def build_timelines(
     `sort_time` is the source's own clock (e.g. milliseconds) so that ordering is not coarsened
     by the conversion of `Event.timestamp` to seconds. Users appear in natural id order.
     """
-    if tie_break not in TIE_BREAKS:
-        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+    check_tie_break(tie_break)
     grouped: dict[str, list[tuple[int, Event]]] = {}
     for user, sort_time, event in rows:
         grouped.setdefault(user, []).append((sort_time, event))
