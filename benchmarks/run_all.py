@@ -33,6 +33,7 @@ BENCHMARKS = {  # report name -> module
     "engine_loop": "benchmarks.bench_engine_loop",
     "prompt_length": "benchmarks.bench_prompt_length",
     "lower_layers": "benchmarks.bench_lower_layers",
+    "train_throughput": "benchmarks.bench_train_throughput",
 }
 QUICK_DIR = ROOT / "docs" / "bench" / "quick"
 QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the same measurements)
