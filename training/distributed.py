@@ -5,14 +5,15 @@ the loss weighting that make N processes compute the gradients of one process on
 
 `setup` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and joins
 the process group: gloo on CPU, NCCL on CUDA (device cuda:LOCAL_RANK). Without that environment, or with
-one process, nothing is initialised and every helper below is the identity: training runs as before.
+one process, nothing is initialised and every helper below is the identity (one-process training).
+On CUDA a step runs in bf16 autocast, with or without torchrun; on CPU in float32.
 
 The configured batch size is the GLOBAL batch. Each rank takes a contiguous 1/N slice of it (`shard`);
 the trainer's loss runs inside `parallel_step`, a DistributedDataParallel forward that averages the
 gradients over the ranks. A loss that is a mean over a varying number of units (valid labels, predicted
 events, target tokens) is passed through `shard_mean`, which all-reduces the count and rescales this
-rank's mean to `local sum * N / global count`: the average over ranks is then the global mean, exactly
-the one-process loss. Validation and checkpoints are the trainer's business (rank 0 writes).
+rank's mean to `local sum * N / global count`: the average over ranks is then the global mean, the
+one-process loss up to rounding. Validation and checkpoints are the trainer's business (rank 0 writes).
 
 References: PyTorch "Getting Started with Distributed Data Parallel" and the DistributedDataParallel
 docs (forward must go through the wrapper; `find_unused_parameters`); nanoGPT `train.py` (RANK from
@@ -218,14 +219,15 @@ def parallel_step(model: nn.Module, loss_at: StepFn, *, find_unused_parameters: 
     there are several ranks, in bf16 autocast on CUDA. One process on CPU: `loss_at` itself.
 
     `find_unused_parameters`: True when a step may leave trainable parameters out (fine-tuning's tasks use
-    one head each); their gradients then stay None, as in one process."""
+    one head each); their gradients then stay None, as in one process. Buffers are synchronised once, at
+    construction (none of ours changes in training)."""
     cuda = _WORLD.device.type == "cuda"
     if not _WORLD.parallel and not cuda:
         return loss_at
     runner: nn.Module = _StepModule(model)
     if _WORLD.parallel:
         runner = nn.parallel.DistributedDataParallel(
-            runner, device_ids=[_WORLD.local_rank] if cuda else None, broadcast_buffers=False,
+            runner, device_ids=[_WORLD.local_rank] if cuda else None, forward_sync_buffers=False,
             find_unused_parameters=find_unused_parameters,
         )  # fmt: skip
 

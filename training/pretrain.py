@@ -78,7 +78,7 @@ def last_event_losses(
         loss: (B,) mean over features of the cross-entropies; item_logits: (B, V) scores of the target.
     """
     n = mask.sum(dim=1)  # (B,) events incl. the target
-    rows = torch.arange(mask.shape[0])
+    rows = torch.arange(mask.shape[0], device=mask.device)
     hidden = encoder(features, mask).hidden[rows, n - 2]  # (B, D) state after the history
     logits = encoder.next_event_logits(hidden[:, None])  # name -> (B, 1, V)
     losses = []
