@@ -35,6 +35,7 @@ BENCHMARKS = {  # report name -> module
     "lower_layers": "benchmarks.bench_lower_layers",
     "stack": "benchmarks.bench_stack",
     "loader": "benchmarks.bench_loader",
+    "train_throughput": "benchmarks.bench_train_throughput",
 }
 QUICK_DIR = ROOT / "docs" / "bench" / "quick"
 QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the same measurements)

@@ -194,6 +194,16 @@ class UserEncoder(nn.Module):
 
         Multi-valued targets are soft labels, uniform over the event's distinct non-padding ids.
         """
+        return {name: loss for name, (loss, _) in self.pretrain_loss_terms(features, mask).items()}
+
+    def pretrain_loss_terms(
+        self, features: Mapping[str, Tensor], mask: Tensor
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per feature: (mean next-event cross-entropy, number of predicted events it averages).
+
+        The counts let a data-parallel trainer weight each process's part of a batch by the events
+        it predicts; a feature with no target in the batch has loss 0.
+        """
         hidden = self(features, mask).hidden[:, :-1]  # (B, T - 1, D)
         valid = mask[:, :-1] & mask[:, 1:]  # (B, T - 1)
         losses = {}
@@ -209,7 +219,8 @@ class UserEncoder(nn.Module):
             else:
                 ok = valid & (target != 0)
                 per_event = F.nll_loss(logp.transpose(1, 2), target, reduction="none")  # (B, T - 1)
-            losses[f.name] = (per_event * ok).sum() / ok.sum().clamp(min=1)
+            predicted = ok.sum()
+            losses[f.name] = ((per_event * ok).sum() / predicted.clamp(min=1), predicted)
         return losses
 
     def pretrain_loss(self, features: Mapping[str, Tensor], mask: Tensor) -> Tensor:

@@ -10,6 +10,9 @@
     python -m training text-prompt --encoder_dir=checkpoints/encoder --out_dir=results/text-prompt
     python -m training results --inputs=results/ml-100k,results/ml-latest-small --out=docs/results.md
 
+Under `torchrun --nproc_per_node=N -m training pretrain-encoder|finetune ...` the N processes train
+data-parallel (training/distributed.py); rank 0 alone prints the summary.
+
 `--recipe=NAME` applies a named recipe (training/recipes.py) before the other options. Every
 `--key=value` is a field of the command's config dataclass (training/config.py), type-checked;
 `--help` after a command lists the fields with their defaults. Errors go to stderr; exit code 2
@@ -32,6 +35,7 @@ from training.config import (
     TextPromptConfig,
     TrainConfig,
 )
+from training.distributed import env_rank
 from training.recipes import recipes_for, resolve_config
 
 __all__ = ["main"]
@@ -143,5 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, default=str))
+    if env_rank() == 0:
+        print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -91,6 +91,7 @@ class TrainConfig:
     eval_users: int = 0  # validation users used during training (0 = all)
     progress: bool = True  # tqdm progress bar
     threads: int = 0  # torch CPU threads (0 = torch's default); 1 avoids thrashing on a shared machine
+    device: Literal["cpu", "cuda"] = "cpu"  # "cuda": cuda:LOCAL_RANK under torchrun, bf16 autocast, NCCL
     # encoder size (paper defaults)
     d_model: int = 128  # encoder width D
     n_layers: int = 6  # Transformer blocks

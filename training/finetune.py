@@ -13,7 +13,11 @@ Checkpoint (`out_dir`, kind "userllm", the format `models/personalized.py` docum
 weights + the whole user tower + heads, `config.json` = asdict(UserLLMConfig), manifest with the
 backbone id (content hash) and folder, the encoder's model_version, data hash, git SHA, seed, config.
 
+Under `torchrun` each rank trains on its shard of every global batch (training/distributed.py); rank 0
+validates, while the others wait, and writes.
+
     python -m training finetune --recipe=demo --encoder_dir=checkpoints/encoder --out_dir=checkpoints/userllm
+    torchrun --nproc_per_node=2 -m training finetune --recipe=demo --threads=1 --encoder_dir=... --out_dir=...
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from training.config import FinetuneConfig, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus_for
 from training.data import Example, favourite_category
 from training.distill import EncoderTeacher
+from training.distributed import barrier, main_first, parallel_step, setup, shard, teardown, world
 from training.evaluate import encoder_from_checkpoint
 from training.generic_text import generic_texts
 from training.metrics import ranking_metrics, target_ranks
@@ -145,15 +150,28 @@ def build_pools(
 
 
 def main(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune as `cfg` says; under torchrun as one rank of the data-parallel run."""
+    setup(cfg.device)
+    try:
+        summary = fit(cfg)
+        barrier()  # every rank returns once rank 0 has written the last checkpoint
+    finally:
+        teardown()
+    return summary
+
+
+def fit(cfg: FinetuneConfig) -> dict[str, Any]:
     start_time = time.perf_counter()
+    here = world()
     encoder_ck = load_checkpoint(cfg.encoder_dir)
     corpus = load_corpus_for(
         encoder_ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users
     )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     model, tokenizer, backbone_dir = build_model(cfg, encoder_ck, corpus)
+    model.to(here.device)
     # the distillation teacher is the pretrained encoder as loaded (the tower's copy trains, or is random)
     teacher = None
     if cfg.distill > 0:
@@ -166,7 +184,8 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
     )  # fmt: skip
     text = None
     if set(cfg.task_list) & set(TEXT_TASKS):  # language tasks: the bare backbone's generic text, once
-        generic_train, _ = generic_texts(model.llm, tokenizer, backbone_dir, progress=cfg.progress)
+        with main_first():  # rank 0 writes the cache file the others read
+            generic_train, _ = generic_texts(model.llm, tokenizer, backbone_dir, progress=cfg.progress)
         text = TextTasks(runner, generic_train)
         if "generic" in cfg.task_list:  # the KL teacher: the untrained LLM, before any resume
             text.prepare_teacher()
@@ -190,12 +209,16 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         model.load_checkpoint_state(load_checkpoint(run_dir / LAST))
         state = load_trainer_state(run_dir, optimizer)
         start = Resumed(state["step"], state["best_val"], state.get("val"))
+    if here.parallel and not (cfg.resume and here.is_main):  # rank 0 resumes its saved RNG states; the
+        seed_everything(cfg.seed + here.rank + start.step)  # other ranks' dropout differs (seed + rank)
     extra_manifest = {
         "backbone_id": backbone_id(backbone_dir), "backbone_dir": str(backbone_dir),
         "encoder_model_version": encoder_ck.model_version,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }  # fmt: skip
-    log = RunLog(run_dir, start=start.step, total=total, progress=cfg.progress, resume=cfg.resume)
+    log = RunLog(
+        run_dir, start=start.step, total=total, progress=cfg.progress, resume=cfg.resume, enabled=here.is_main
+    )
     log.note(f"fine-tuning {extra_manifest['trainable_parameters']:,} trainable parameters "
              f"({cfg.mode}, {cfg.strategy}) on {', '.join(f'{t} {len(p):,}' for t, p in pools.items())} "
              f"examples, steps {start.step} -> {total}")  # fmt: skip
@@ -213,14 +236,22 @@ def main(cfg: FinetuneConfig) -> dict[str, Any]:
         cycle, pos = divmod(step, len(task_names))
         turn = cycle * task_names.count(task) + task_names[:pos].count(task)  # this task's batch number
         batch = [pool[i] for i in batch_order(turn, len(pool), batch_sizes[task], cfg.seed)]
+        part, first = shard(batch)  # this rank's part of the global batch
         if text is not None and task in TEXT_TASKS:
-            return text.loss(batch, task, step), {"task": task}
-        return runner.loss(batch, task), {"task": task}
+            return text.loss(part, task, step, first=first, batch=len(batch)), {"task": task}
+        return runner.loss(part, task), {"task": task}
+
+    def validate_on_main() -> dict[str, Any]:
+        """Rank 0 validates; the others wait for it in the next step's gradient all-reduce."""
+        if not here.is_main:
+            return {"val": float("nan")}
+        return validate(runner, valid, val_tasks, cfg.batch_size, text)
 
     summary = fit_loop(
         cfg, total=total, start=start, optimizer=optimizer,
-        params=[p for p in model.parameters() if p.requires_grad], log=log, loss_at=loss_at,
-        validate=lambda: validate(runner, valid, val_tasks, cfg.batch_size, text),
+        params=[p for p in model.parameters() if p.requires_grad], log=log,
+        loss_at=parallel_step(model, loss_at, find_unused_parameters=True),  # a task uses one head
+        validate=validate_on_main,
         save_best=lambda step, val: save_userllm(
             cfg.out_dir, model, corpus, cfg, {**extra_manifest, "step": step, "best_val": val}
         ),

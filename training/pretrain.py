@@ -7,8 +7,11 @@ validation and test targets are never seen. Validation = the same loss at the he
 event (history -> target), plus its full-ranking Recall@10.
 
 Reads top to bottom like nanoGPT `train.py`; split into `main -> fit -> validate` like litgpt.
+Under `torchrun` each rank trains on its shard of every global batch (training/distributed.py) and
+validates every N-th validation batch; rank 0 gathers the figures and writes.
 
     python -m training pretrain-encoder --dataset=movielens-latest --out_dir=checkpoints/encoder
+    torchrun --nproc_per_node=2 -m training pretrain-encoder --threads=1 --out_dir=checkpoints/encoder
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import TrainConfig, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus
 from training.data import Vocab, encode_events, sliding_windows
+from training.distributed import barrier, gather, parallel_step, setup, shard, shard_mean, teardown, world
 from training.metrics import ranking_metrics, target_ranks
 from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
 
@@ -74,7 +78,7 @@ def last_event_losses(
         loss: (B,) mean over features of the cross-entropies; item_logits: (B, V) scores of the target.
     """
     n = mask.sum(dim=1)  # (B,) events incl. the target
-    rows = torch.arange(mask.shape[0])
+    rows = torch.arange(mask.shape[0], device=mask.device)
     hidden = encoder(features, mask).hidden[rows, n - 2]  # (B, D) state after the history
     logits = encoder.next_event_logits(hidden[:, None])  # name -> (B, 1, V)
     losses = []
@@ -109,14 +113,20 @@ def validation_batches(corpus: Corpus, cfg: TrainConfig) -> list[tuple[Batch, Te
 
 @torch.no_grad()
 def validate(encoder: UserEncoder, batches: Sequence[tuple[Batch, Tensor]]) -> dict[str, float]:
-    """Mean next-event loss at the held-out event and its full-ranking Recall@10 / NDCG@10."""
+    """Mean next-event loss at the held-out event and its full-ranking Recall@10 / NDCG@10. Several
+    ranks: rank r scores batches r, r + N, ...; every rank gets the figures of all batches."""
     encoder.eval()
-    losses, ranks = [], []
-    for (features, mask), targets in batches:
-        loss, item_logits = last_event_losses(encoder, features, mask)
-        losses.append(loss)
-        ranks.append(target_ranks(item_logits, targets))
+    device = next(encoder.parameters()).device
+    mine = []
+    for i in range(world().rank, len(batches), world().size):
+        (features, mask), targets = batches[i]
+        loss, item_logits = last_event_losses(
+            encoder, {k: v.to(device) for k, v in features.items()}, mask.to(device)
+        )
+        mine.append((i, loss.cpu(), target_ranks(item_logits, targets).cpu()))
     encoder.train()
+    scored = sorted((part for parts in gather(mine) for part in parts), key=lambda part: part[0])
+    losses, ranks = [loss for _, loss, _ in scored], [r for _, _, r in scored]
     if not losses:
         return {"val": float("nan")}
     metrics = ranking_metrics(torch.cat(ranks), ks=(10,))
@@ -148,22 +158,29 @@ def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[di
         load_state_strict(encoder, load_checkpoint(run_dir / LAST).state_dict)
         state = load_trainer_state(run_dir, optimizer)
         start = Resumed(state["step"], state["best_val"], state.get("val"))
+        if not world().is_main:  # the saved RNG states are rank 0's
+            seed_everything(cfg.seed + world().rank + start.step)
     val_batches = validation_batches(corpus, cfg)
-    log = RunLog(run_dir, start=start.step, total=total, progress=cfg.progress, resume=cfg.resume)
+    log = RunLog(
+        run_dir, start=start.step, total=total, progress=cfg.progress, resume=cfg.resume,
+        enabled=world().is_main,
+    )  # fmt: skip
     log.note(f"pretraining {sum(p.numel() for p in encoder.parameters()):,} parameters on "
              f"{len(windows):,} windows, steps {start.step} -> {total}")  # fmt: skip
     encoder.train()
+    device = world().device
 
     def loss_at(step: int) -> tuple[Tensor, dict[str, Any]]:
-        features, mask = collate_events(
-            [windows[i] for i in batch_order(step, len(windows), cfg.batch_size, cfg.seed)],
-            max_len=cfg.window,
-        )
-        return encoder.pretrain_loss(features, mask), {}
+        """The mean over features of each feature's mean over the global batch's predicted events."""
+        part, _ = shard([windows[i] for i in batch_order(step, len(windows), cfg.batch_size, cfg.seed)])
+        features, mask = collate_events(part, max_len=cfg.window)
+        terms = encoder.pretrain_loss_terms({k: v.to(device) for k, v in features.items()}, mask.to(device))
+        means, counts = (torch.stack(t) for t in zip(*terms.values(), strict=True))
+        return shard_mean(means, counts).mean(), {}
 
     return fit_loop(
         cfg, total=total, start=start, optimizer=optimizer, params=list(encoder.parameters()), log=log,
-        loss_at=loss_at, validate=lambda: validate(encoder, val_batches),
+        loss_at=parallel_step(encoder, loss_at), validate=lambda: validate(encoder, val_batches),
         save_best=lambda step, val: save_encoder(cfg.out_dir, encoder, corpus, cfg, step=step, best_val=val),
         save_last=lambda step: save_encoder(run_dir / LAST, encoder, corpus, cfg, step=step),
     )  # fmt: skip
@@ -185,10 +202,17 @@ def main(cfg: TrainConfig) -> dict:
     cfg = dataclasses.replace(cfg, steps=total)  # the resolved config goes into the manifest
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    encoder = UserEncoder(encoder_config(cfg, corpus.vocabs))
-    Path(cfg.resolved_run_dir).mkdir(parents=True, exist_ok=True)
-    summary = fit(encoder, corpus, cfg, windows, total)
+    here = setup(cfg.device)
+    try:
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        encoder = UserEncoder(encoder_config(cfg, corpus.vocabs)).to(here.device)
+        if here.parallel:  # dropout differs between ranks (STYLE: seed + rank)
+            seed_everything(cfg.seed + here.rank)
+        Path(cfg.resolved_run_dir).mkdir(parents=True, exist_ok=True)
+        summary = fit(encoder, corpus, cfg, windows, total)
+        barrier()  # every rank returns once rank 0 has written the last checkpoint
+    finally:
+        teardown()
     summary.update(
         out_dir=cfg.out_dir, run_dir=cfg.resolved_run_dir, seconds=round(time.perf_counter() - start, 1)
     )

@@ -8,6 +8,10 @@ Run directory layout (the checkpoint directory `out_dir` holds only the best-val
     run_dir/last/              checkpoint directory with the latest weights (every save_interval)
     run_dir/trainer_state.pt   optimizer, step, best val, RNG states (pickle; resume only)
 
+Under `torchrun` (training/distributed.py) every rank runs the loop; rank 0 alone writes the log, the
+progress bar, the checkpoints and the trainer state (its RNG states), and the logged loss is the mean
+over the ranks (the loss of the global batch).
+
 References: nanoGPT `train.py` (`configure_optimizers` decay groups, the log f-string); litgpt
 `finetune/full.py` (`fit` / `validate`, resume from a state file); STYLE.md items 8-9.
 """
@@ -29,6 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training.config import TrainConfig, get_lr
+from training.distributed import mean_over_ranks, world
 
 __all__ = [
     "Resumed", "RunLog", "configure_optimizer", "fit_loop", "load_trainer_state", "save_trainer_state",
@@ -94,10 +99,24 @@ def load_trainer_state(run_dir: str | Path, optimizer: torch.optim.Optimizer) ->
 
 
 class RunLog:
-    """Progress bar + one log line per `log_interval` + the same values in run_dir/log.jsonl."""
+    """Progress bar + one log line per `log_interval` + the same values in run_dir/log.jsonl.
+    Disabled (`enabled=False`, the ranks other than 0 of a multi-process run): writes nothing."""
 
-    def __init__(self, run_dir: str | Path, *, start: int, total: int, progress: bool, resume: bool) -> None:
+    def __init__(
+        self, run_dir: str | Path, *, start: int, total: int, progress: bool, resume: bool,
+        enabled: bool = True,
+    ) -> None:  # fmt: skip
         self.path = Path(run_dir) / LOG_FILE
+        self.enabled = enabled
+        if enabled:
+            self._start_file(start, resume)
+        self.bar = tqdm(
+            total=total, initial=start, disable=not (progress and enabled), dynamic_ncols=True, unit="step"
+        )
+        self.tick = time.perf_counter()
+        self.steps_since = 0
+
+    def _start_file(self, start: int, resume: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
@@ -105,9 +124,6 @@ class RunLog:
             lines = self.path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if line.strip() and json.loads(line)["iter"] <= start]
             self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        self.bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
-        self.tick = time.perf_counter()
-        self.steps_since = 0
 
     def step(self) -> None:
         self.steps_since += 1
@@ -121,6 +137,8 @@ class RunLog:
         val_text = f"{val:.4f}" if val is not None else "-"
         line = f"iter {step} | loss {loss:.4f} | val {val_text} | lr {lr:.1e} | {ms:.1f} ms"
         record = {"iter": step, "loss": round(loss, 6), "val": val, "lr": lr, "ms": round(ms, 2), **extra}
+        if not self.enabled:
+            return record
         self.note(line)
         self.bar.set_postfix(loss=f"{loss:.3f}", val=val_text)
         with self.path.open("a", encoding="utf-8") as handle:
@@ -130,6 +148,8 @@ class RunLog:
     def note(self, message: str) -> None:
         """A line above the progress bar, flushed at once (stdout redirected to a file or a pipe is
         block-buffered: the lines would otherwise appear only when the run ends)."""
+        if not self.enabled:
+            return
         tqdm.write(message, file=sys.stdout)
         sys.stdout.flush()
 
@@ -163,8 +183,12 @@ def fit_loop(
     `loss_at(step)` -> (loss, extra log fields), clipping at `cfg.grad_clip`; every `eval_interval`
     steps (and at the end) `validate()` (its "val" selects the checkpoint `save_best` writes); a log
     line every `log_interval`; `save_last` + the trainer state every `save_interval`. Returns the final
-    step, the best validation value and the last log record."""
+    step, the best validation value and the last log record.
+
+    Several ranks: each calls `validate()` (it may shard or return {"val": nan} off rank 0), only rank 0
+    saves."""
     run_dir = Path(cfg.resolved_run_dir)
+    main = world().is_main
     step, best_val, val = start.step, start.best_val, start.val
     loss_sum, loss_count, record = 0.0, 0, {}
     while step < total:
@@ -179,18 +203,19 @@ def fit_loop(
         optimizer.step()
         step += 1
         log.step()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        loss_sum, loss_count = loss_sum + mean_over_ranks(loss.item()), loss_count + 1
         extra: dict[str, float] = {}
         if step % cfg.eval_interval == 0 or step == total:
             extra = validate()
             val = extra.pop("val")
             if val < best_val:
                 best_val = val
-                save_best(step, val)
+                if main:
+                    save_best(step, val)
         if step % cfg.log_interval == 0 or step == total or extra:
             record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, **tags, **extra)
             loss_sum, loss_count = 0.0, 0
-        if step % cfg.save_interval == 0 or step == total:
+        if main and (step % cfg.save_interval == 0 or step == total):
             save_last(step)
             save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
     log.close()

@@ -33,6 +33,7 @@ from models.userllm import LLMAdapterConfig, UserContext
 from training.corpus import Corpus, encoded
 from training.data import Example, favourite_category, format_rating
 from training.distill import EncoderTeacher, distillation_loss
+from training.distributed import all_ranks, shard_mean
 from training.history_text import fit_history
 
 __all__ = ["TaskRunner", "build_config", "default_backbone_dir", "nouns", "training_examples"]
@@ -236,20 +237,23 @@ class TaskRunner:
 
     def loss(self, examples: Sequence[Example], task: str, *, distill: bool = True) -> Tensor:
         """Mean cross-entropy of one task over the batch (unknown labels ignored), mixed with the
-        distillation term when a teacher is set and `distill` (validation reports plain CE)."""
+        distillation term when a teacher is set and `distill` (validation reports plain CE). In a
+        data-parallel step each mean is over the global batch (training/distributed.py)."""
         if task == "review":
             return self.review_loss(examples)
         labels = self.labels(examples, task)
         labels = torch.where(labels < 2, torch.full_like(labels, IGNORE), labels)
         logits = self.scores(examples, task).clamp(min=-1e4)  # finite at pad / unknown
-        if bool((labels == IGNORE).all()):
+        ignored = bool((labels == IGNORE).all())
+        if all_ranks(ignored):
             return logits.sum() * 0.0
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        loss = logits.sum() * 0.0 if ignored else F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        loss = shard_mean(loss, (labels != IGNORE).sum())
         if distill and task == "next_item" and self.teacher is not None and self.distill > 0:
             soft = distillation_loss(
                 logits, self.teacher.logits(examples, self.device), temperature=self.distill_temperature
             )
-            loss = (1 - self.distill) * loss + self.distill * soft
+            loss = (1 - self.distill) * loss + self.distill * shard_mean(soft, len(examples))
         return loss
 
     def review_loss(self, examples: Sequence[Example]) -> Tensor:
@@ -269,7 +273,9 @@ class TaskRunner:
         contexts = self.context(examples, REVIEW_QUERY)
         out = self.model(ids.to(self.device), mask.to(self.device), contexts)
         logits = out.logits[:, :-1].float()  # (B, S - 1, V) predicts token t + 1
-        return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:].to(self.device), ignore_index=IGNORE)
+        targets = labels[:, 1:].to(self.device)
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE)
+        return shard_mean(loss, (targets != IGNORE).sum())
 
     @torch.no_grad()
     def generate_reviews(self, examples: Sequence[Example], max_new_tokens: int) -> list[str]:

@@ -17,7 +17,8 @@ Ouyang et al. 2022, here on generic instruction text):
   distribution (K + 1 buckets: the top K tokens and the rest), computed once before training.
 
 Instructions rotate over several phrasings (first and third person, one per batch) so chat requests that
-ask the same thing are answered the same way. LM losses count the target tokens only.
+ask the same thing are answered the same way. LM losses count the target tokens only; in a data-parallel
+step the means are over the global batch's tokens (training/distributed.py `shard_mean`).
 
 Shapes: B examples, S tokens, K top tokens, Dl LLM width, V vocabulary.
 """
@@ -38,6 +39,7 @@ from models.lower_layers import forward_from_lower, lower_states, lower_states_a
 from models.prompts import prompt_ids
 from models.userllm import UserContext
 from training.data import Event, Example
+from training.distributed import shard_mean
 from training.generic_text import GenericText
 from training.tasks import TaskRunner
 from training.text_metrics import display_title
@@ -158,11 +160,14 @@ class TextTasks:
             raise ValueError(f"task {task}: example of user {ex.user} has no target")
         return template.format(noun=noun), target
 
-    def loss(self, examples: Sequence[Example], task: str, step: int = 0) -> Tensor:
+    def loss(
+        self, examples: Sequence[Example], task: str, step: int = 0, *, first: int = 0, batch: int = 0
+    ) -> Tensor:
         """One task's loss on a batch; `step` picks the instruction phrasing (one per batch) and the
-        generic texts."""
+        generic texts. `examples` may be the part of a global batch of `batch` examples (0: the whole
+        batch) from position `first` (training/distributed.py `shard`)."""
         if task == "generic":
-            return self.generic_kl(examples, step)
+            return self.generic_kl(examples, step, first=first, batch=batch)
         pairs = [self.pair(ex, task, step) for ex in examples]
         instruction = pairs[0][0]
         return self.lm_loss(examples, instruction, [target for _, target in pairs])
@@ -202,7 +207,7 @@ class TextTasks:
             hidden = llm(ids, mask, user_context=context, logits_to_keep=1).hidden_states  # (B, P + T, Dl)
         predicting = hidden[:, p - 1 : p - 1 + width][target_mask]  # (N, Dl): position t predicts t + 1
         logits = llm.backbone.get_output_embeddings()(predicting).float()  # (N, V)
-        return F.cross_entropy(logits, target_ids[target_mask])
+        return shard_mean(F.cross_entropy(logits, target_ids[target_mask]), len(logits))
 
     def _prefix(self, prompt: list[int]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         key = tuple(prompt)
@@ -250,20 +255,23 @@ class TextTasks:
             self._teacher.append((top.indices, top.values))
         self.teacher_mass = float(torch.cat([v for _, v in self._teacher]).exp().sum(-1).mean())
 
-    def generic_kl(self, examples: Sequence[Example], step: int) -> Tensor:
-        """KL(bare || model with the examples' users) on one generic text per example, mean per token."""
+    def generic_kl(self, examples: Sequence[Example], step: int, *, first: int = 0, batch: int = 0) -> Tensor:
+        """KL(bare || model with the examples' users) on one generic text per example, mean per token:
+        example `i` of the global batch (`first + i` of `batch` for a part of it) reads generic text
+        `step * batch + i`."""
         if not self.generic:
             raise ValueError("the generic task needs generic texts")
         if not self._teacher:
             self.prepare_teacher()
-        indices = [(step * len(examples) + i) % len(self.generic) for i in range(len(examples))]
+        batch = batch or len(examples)
+        indices = [(step * batch + first + i) % len(self.generic) for i in range(len(examples))]
         hidden = self.response_hidden([self.generic[i] for i in indices], self.runner.context(examples))
         logq = (
             self.runner.model.llm.backbone.get_output_embeddings()(hidden).float().log_softmax(-1)
         )  # (N, V)
         ids = torch.cat([self._teacher[i][0] for i in indices])  # (N, K)
         logp = torch.cat([self._teacher[i][1] for i in indices])  # (N, K)
-        return bucket_kl(logp, logq.gather(1, ids))
+        return shard_mean(bucket_kl(logp, logq.gather(1, ids)), len(ids))
 
 
 def bucket_kl(logp: Tensor, logq: Tensor) -> Tensor:
