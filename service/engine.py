@@ -7,16 +7,15 @@ requests into a running continuous-batching decode (`decode_batch`, models/conti
 cross-attention keys/values computed once per request); `generate_batch` decodes a batch start to
 end the same way (benchmarks, evaluation-style callers). Nothing here runs on the event loop. A
 generation job cancelled by its caller (`GenerateJob.cancel`, from any thread) leaves at the next
-decoding step, and one cancelled before it starts is not run at all.
-A vLLM engine for GPU deployments is described in docs/serving.md (not implemented yet)."""
+decoding step, and one cancelled before it starts is not run at all. For the vLLM engine
+(service/vllm_engine.py) it also computes the prompt embeddings of soft-prompt / PPlug requests
+(`prompt_embeds_batch`) and keeps scoring and history encoding."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,14 +23,21 @@ import torch
 from models.backbone import backbone_id, load_backbone
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.continuous import DecodeBatch
-from models.generation import SamplingParams, left_pad
+from models.generation import left_pad
 from models.lower_layers import lower_states, split_layer
 from models.personalized import PersonalizedLM, UserLLMConfig
+from models.prompt_embeds import PREFIX_MODES, context_prompt_embeds
 from models.prompts import instruction, prompt_ids
 from models.userllm import UserContext
 from service.codec import FeatureCodec
+from service.detokenizer import Detokenizer
 from service.encoding import UserTowerRuntime
+from service.jobs import GenerateJob, GenerateResult, ScoreJob, ScoreResult, ScoreTask, UserInput
 from service.user_store import StoredEvent
+
+__all__ = [  # the job types are re-exported: callers import them from here or from service.jobs
+    "GenerateJob", "GenerateResult", "ScoreJob", "ScoreResult", "TorchEngine", "UserInput", "resolve_device",
+]  # fmt: skip
 
 SPECIAL_IDS = (0, 1)  # <pad>, <unk>: never recommended, never a genre
 
@@ -42,54 +48,6 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("USERLLM_DEVICE=cuda but CUDA is not available")
     return device
-
-
-@dataclass
-class UserInput:
-    """The user side of one request: cached (or recomputed) user tokens, or none (cold start)."""
-
-    user_tokens: np.ndarray | None  # (L, Du) float16
-
-    @property
-    def personalized(self) -> bool:
-        return self.user_tokens is not None
-
-
-ScoreTask = Literal["next_item", "genre"]
-
-
-@dataclass
-class ScoreJob:
-    user: UserInput
-    k: int
-    exclude: set[int] = field(default_factory=set)  # item vocabulary ids not to recommend
-    task: ScoreTask = "next_item"  # which instruction is scored (each head was trained on its own)
-
-
-@dataclass
-class ScoreResult:
-    items: list[tuple[int, float]]  # (item vocabulary id, score) best first
-    categories: list[tuple[int, float]]  # (category vocabulary id, probability) best first
-
-
-@dataclass
-class GenerateJob:
-    user: UserInput
-    prompt: list[int]
-    params: SamplingParams
-    on_text: Callable[[str], None] | None = None  # called from the engine thread with each new piece
-    cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
-
-    def cancel(self) -> None:
-        """Stop this job: not started -> never run; decoding -> no forward pass after the current one."""
-        self.cancelled.set()
-
-
-@dataclass
-class GenerateResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class TorchEngine:
@@ -244,6 +202,19 @@ class TorchEngine:
                 list(zip(cats.indices.tolist(), cats.values.tolist(), strict=True)),
             )
 
+    @torch.inference_mode()
+    def prompt_embeds_batch(self, jobs: list[GenerateJob]) -> list[torch.Tensor | None]:
+        """Each job's (P' + S, Dl) prompt embeddings on the CPU, for the vLLM engine: its user prefix
+        (the projected user tokens) then its prompt's token embeddings (models/prompt_embeds.py);
+        None for a user without tokens (the bare prompt: its token ids suffice)."""
+        if self.model.config.llm.mode not in PREFIX_MODES:
+            raise ValueError(f"mode {self.model.config.llm.mode!r} has no prompt embeddings")
+        context = self._context([j.user for j in jobs])
+        if context is None:
+            return [None] * len(jobs)
+        rows = context_prompt_embeds(self.model.llm, [j.prompt for j in jobs], context)
+        return [row.cpu() if job.user.personalized else None for job, row in zip(jobs, rows, strict=True)]
+
     def decode_batch(self) -> DecodeBatch:
         """An empty continuous-batching decode of this model (models/continuous.py)."""
         return DecodeBatch(self.model.llm, pad_token_id=self.pad_id)
@@ -273,42 +244,3 @@ class TorchEngine:
             texts[id(j)].result(len(j.prompt)) if id(j) in texts else GenerateResult("", len(j.prompt), 0)
             for j in jobs
         ]
-
-
-class Detokenizer:
-    """The text of one decode as its tokens come: `add` passes each new printable piece to `on_text`
-    (held back while the text ends inside a multi-byte character). Incremental: each token decodes
-    only the tokens since the last piece sent and those of that piece (for the tokenizer's spacing),
-    not the whole output again (as vLLM's incremental detokenizer does)."""
-
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None) -> None:
-        self.tokenizer, self.on_text = tokenizer, on_text
-        self.tokens: list[int] = []
-        self.sent = ""
-        self._prefix = 0  # tokens[_prefix:_read] decode to the end of what was sent
-        self._read = 0
-
-    def _decode(self, tokens: list[int]) -> str:
-        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
-
-    def add(self, token: int | None) -> None:
-        if token is None:
-            return
-        self.tokens.append(token)
-        if self.on_text is None:
-            return
-        before = self._decode(self.tokens[self._prefix : self._read])
-        text = self._decode(self.tokens[self._prefix :])
-        if len(text) > len(before) and not text.endswith("\ufffd"):
-            piece = text[len(before) :]
-            self._prefix, self._read = self._read, len(self.tokens)
-            self.sent += piece
-            self.on_text(piece)
-
-    def result(self, prompt_tokens: int) -> GenerateResult:
-        """The whole text (what `on_text` has not had yet is passed to it now)."""
-        text = self._decode(self.tokens)
-        if self.on_text is not None and len(text) > len(self.sent) and text.startswith(self.sent):
-            self.on_text(text[len(self.sent) :])
-            self.sent = text
-        return GenerateResult(text.strip(), prompt_tokens, len(self.tokens))

@@ -6,9 +6,10 @@ Each iteration, in priority order:
 1. scoring (`/recommend`, genre): every queued job, up to `max_batch` in one forward pass; when
    nothing is decoding, it waits up to `max_wait_ms` for more jobs to fill the batch;
 2. history re-encodes (cache misses): up to `max_batch` users in one pass;
-3. generation admission: waiting requests are prefilled and join the running decode
+3. prompt embeddings for the vLLM engine (service/vllm_engine.py): up to `max_batch` requests;
+4. generation admission: waiting requests are prefilled and join the running decode
    (models/continuous.py), up to `max_batch` rows in all;
-4. one decode step for every running row: each gets its next token (streamed through its
+5. one decode step for every running row: each gets its next token (streamed through its
    `on_text`); rows that finished or whose caller went away (a cancelled `generate`) leave at once.
 
 So a new generation starts at the next step instead of waiting for a batch to end, a short one is
@@ -31,9 +32,12 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from torch import Tensor
+
 from service import metrics
+from service.detokenizer import Detokenizer
 from service.encoding import Encoded
-from service.engine import Detokenizer, GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine
+from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine
 from service.errors import EngineOverloaded, EngineUnavailable
 from service.user_store import StoredEvent
 
@@ -56,13 +60,15 @@ class _Running:
 
 
 class EngineLoop:
-    """`await score(job)`, `await generate(job)`, `await encode(history)`: all run by one thread."""
+    """`await score(job)`, `await generate(job)`, `await encode(history)`, `await embed(job)`: all run by
+    one thread (an `EngineClient`, service/engine_client.py)."""
 
     def __init__(self, engine: TorchEngine, *, max_batch: int, max_wait_ms: float, max_queue: int) -> None:
         self.engine = engine
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self._scores: deque[_Pending[ScoreJob, ScoreResult]] = deque()
         self._encodes: deque[_Pending[list[StoredEvent], Encoded]] = deque()
+        self._embeds: deque[_Pending[GenerateJob, Tensor | None]] = deque()
         self._waiting: deque[_Pending[GenerateJob, GenerateResult]] = deque()
         self._running: dict[Hashable, _Running] = {}  # id(job) -> row of the running decode
         self._batch = engine.decode_batch()
@@ -93,7 +99,7 @@ class EngineLoop:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
         gone = EngineUnavailable("engine is shutting down")
-        for queue in (self._scores, self._encodes, self._waiting):
+        for queue in (self._scores, self._encodes, self._embeds, self._waiting):
             while queue:
                 self._fail(queue.popleft(), gone)
         for row in self._running.values():
@@ -106,7 +112,7 @@ class EngineLoop:
         return self._thread is not None and self._thread.is_alive()
 
     def queued(self) -> int:
-        return len(self._scores) + len(self._encodes) + len(self._waiting)
+        return len(self._scores) + len(self._encodes) + len(self._embeds) + len(self._waiting)
 
     @property
     def running(self) -> int:
@@ -118,6 +124,11 @@ class EngineLoop:
 
     async def encode(self, history: list[StoredEvent]) -> Encoded:
         return await self._submit(self._encodes, history, "encode")
+
+    async def embed(self, job: GenerateJob) -> Tensor | None:
+        """The prompt embeddings of a generation request for the vLLM engine
+        (`TorchEngine.prompt_embeds_batch`): its user prefix, then its prompt's token embeddings."""
+        return await self._submit(self._embeds, job, "embed")
 
     async def generate(self, job: GenerateJob) -> GenerateResult:
         """Decode `job`; text pieces go to `job.on_text` (from the engine thread) as they come.
@@ -180,7 +191,7 @@ class EngineLoop:
             return taken
 
     def _idle(self) -> bool:
-        return not (self._scores or self._encodes or self._waiting or self._running)
+        return not (self._scores or self._encodes or self._embeds or self._waiting or self._running)
 
     def _run(self) -> None:
         while True:
@@ -214,6 +225,7 @@ class EngineLoop:
     def _iteration(self) -> None:
         self._batched(self._scores, self.engine.score_batch, "score")
         self._batched(self._encodes, self.engine.tower.encode_full, "encode")
+        self._batched(self._embeds, self.engine.prompt_embeds_batch, "embed")
         self._admit()
         self._step()
         metrics.QUEUE_DEPTH.set(self.queued())
