@@ -2,9 +2,12 @@
 
 Reads user tokens from Redis; tokens of another `model_version`, of another shape or that fail their
 checksum are never used (the user's stored history is re-encoded instead and written back); users
-with no events get a non-personalized answer. One engine thread runs the model (`EngineLoop`,
-service/scheduler.py): scoring batches first, then generation with continuous batching (requests
-join and leave a running decode step by step), off the event loop. CUDA when present, else CPU.
+with no events get a non-personalized answer. The routes call an `EngineClient`
+(service/engine_client.py) chosen by `USERLLM_ENGINE`: `torch` (default) is one engine thread that runs
+the model (`EngineLoop`, service/scheduler.py): scoring batches first, then generation with continuous
+batching (requests join and leave a running decode step by step), off the event loop; `vllm`
+(service/vllm_engine.py, soft-prompt and PPlug checkpoints) decodes in vLLM and scores on that thread.
+CUDA when present, else CPU.
 Generation prompts are limited in tokens (`max_prompt_tokens`, and the backbone's context); a client
 that goes away cancels its decode, which stops at the next step.
 
@@ -28,6 +31,7 @@ from prometheus_client import make_asgi_app
 from service import metrics
 from service.disconnect import cancel_on_disconnect
 from service.engine import GenerateJob, ScoreJob, TorchEngine, UserInput
+from service.engine_client import EngineClient
 from service.errors import EngineUnavailable, ItemNotFound, error_responses, install_error_handlers
 from service.keys import Keys
 from service.redis_conn import create_redis
@@ -64,7 +68,7 @@ class State(TypedDict):
     redis: aioredis.Redis
     keys: Keys
     engine: TorchEngine
-    runner: EngineLoop  # the one thread that runs the model
+    runner: EngineClient  # EngineLoop (one thread runs the model) or VllmEngine
 
 
 def create_app(settings: Settings | None = None, engine: TorchEngine | None = None) -> FastAPI:
@@ -78,17 +82,16 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
             eng = await asyncio.to_thread(
                 TorchEngine.load, settings.userllm_checkpoint, settings.resolved_backbone_dir, settings.device
             )
-        redis = create_redis(redis_url, "generator")
-        runner = EngineLoop(
-            eng,
-            max_batch=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue,
-        )
         warm_up = [ScoreJob(UserInput(None), k=1), ScoreJob(UserInput(None), k=1, task="genre")]
         await asyncio.to_thread(eng.score_batch, warm_up)  # also computes the prompts' lower states
-        runner.start()
-        log.info("generator ready: model_version %s on %s", eng.model_version, eng.device)
+        runner = start_engine(eng, settings)
+        redis = create_redis(redis_url, "generator")
+        log.info(
+            "generator ready: model_version %s on %s, engine %s",
+            eng.model_version,
+            eng.device,
+            settings.engine,
+        )
         try:
             yield State(
                 settings=settings,
@@ -108,6 +111,22 @@ def create_app(settings: Settings | None = None, engine: TorchEngine | None = No
     app.mount("/metrics", make_asgi_app())
     _routes(app)
     return app
+
+
+def start_engine(engine: TorchEngine, settings: Settings) -> EngineClient:
+    """The engine `settings.engine` names, started (call on the server's event loop)."""
+    if settings.engine == "vllm":
+        from service.vllm_engine import VllmEngine  # vLLM itself is imported only there, only now
+
+        return VllmEngine.start(engine, settings)
+    loop = EngineLoop(
+        engine,
+        max_batch=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+    )
+    loop.start()
+    return loop
 
 
 async def get_state(request: Request) -> State:
@@ -173,6 +192,7 @@ def _routes(app: FastAPI) -> None:
             model_version=engine.model_version,
             device=engine.device,
             mode=engine.model.config.llm.mode,
+            engine=state["settings"].engine,
             items=list(engine.codec.items.tokens[2:]),
         )
 

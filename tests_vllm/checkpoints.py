@@ -1,0 +1,45 @@
+"""An untrained soft-prompt USER-LLM checkpoint on the real SmolLM2-135M backbone, for the vLLM tests
+and benchmark: the tiny user tower of the service tests, a random projection of the user tokens
+(Linear Du -> Dl) rescaled so that the prefix rows have the mean norm of the backbone's token
+embeddings (the user changes the output, and the text stays text-like). Written by the same code path
+as training (`PersonalizedLM.checkpoint_state` + `save_checkpoint`), strategy "enc" (frozen LLM)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from models.backbone import backbone_id, load_backbone
+from models.checkpoint import save_checkpoint
+from models.personalized import PersonalizedLM
+from models.userllm import LLMAdapterConfig
+from tests.service_fixtures import tiny_config, vocab_and_catalogue
+
+
+def build_soft_prompt_checkpoint(directory: Path, backbone_dir: Path, *, seed: int = 0) -> Path:
+    """Write the checkpoint to `directory` and return it."""
+    torch.manual_seed(seed)
+    backbone, _ = load_backbone(backbone_dir)  # float32, as the checkpoint says it was trained
+    base = tiny_config()
+    config = dataclasses.replace(base, llm=LLMAdapterConfig(mode="soft_prompt", dim_user=base.tower.dim_user))
+    model = PersonalizedLM(config, backbone).eval()
+    assert model.llm.soft_prompt is not None
+    with torch.no_grad():
+        probe = torch.randn(64, config.tower.num_user_tokens, config.tower.dim_user)
+        prefix_norm = model.llm.soft_prompt(probe).norm(dim=-1).mean()
+        token_norm = backbone.get_input_embeddings().weight.norm(dim=-1).mean()
+        for p in model.llm.soft_prompt.parameters():
+            p.mul_(token_norm / prefix_norm)
+    vocab, catalogue = vocab_and_catalogue()
+    save_checkpoint(
+        directory,
+        model.checkpoint_state(),
+        config=config.to_dict(),
+        kind="userllm",
+        trainable_only=True,
+        manifest={"backbone_id": backbone_id(backbone_dir), "seed": seed},
+        extras={"vocab": vocab, "catalogue": catalogue},
+    )
+    return directory
