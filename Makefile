@@ -95,7 +95,7 @@ bench-vllm: vllm-env backbone
 	$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm
 
 lint: install
-	$(BIN)/ruff check models training service tests tests_vllm scripts benchmarks loadtests
+	$(BIN)/ruff check models training service tests tests_vllm vllm_userllm scripts benchmarks loadtests
 	$(BIN)/mypy service
 
 clean:
