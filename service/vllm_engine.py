@@ -6,10 +6,11 @@ and builds each request's prompt embeddings, the real prefix slots followed by t
 embeddings (models/prompt_embeds.py, on the engine loop's thread: `EngineLoop.embed`); vLLM decodes
 from them (`enable_prompt_embeds=True`; mixed mode: the prompt's token ids ride along with
 `prompt_is_token_ids`, so vLLM's repetition penalty sees them as the PyTorch engine's does; the prefix
-slots count as token 0 there). A user without tokens is sent as plain token ids. Only the frozen backbone
-runs in vLLM, loaded from the backbone folder, so checkpoints that change its weights (strategies
-"full" and "lora") and cross-attention checkpoints (their user tokens enter inside the layers;
-docs/vllm.md says what a vLLM plugin for them needs) are refused at start-up.
+slots count as token 0 there). A user without tokens is sent as plain token ids.
+Cross-attention (experimental): the checkpoint is exported once into a vLLM model folder and decoded
+by the `vllm_userllm` plugin (an encoder-decoder request whose encoder input is the user tokens; zeros
+for a user without tokens). vLLM runs the frozen backbone from its folder, so checkpoints that change
+its weights (strategies "full" and "lora") are refused at start-up.
 
 Next-item and genre scoring stay on the PyTorch path (`EngineLoop.score`): the heads read the last
 hidden state of a fixed prompt and score the whole catalogue in one batched forward pass (with
@@ -37,8 +38,11 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.generation import SamplingParams
@@ -70,11 +74,8 @@ class Decoded:
 
 def check_servable(config: UserLLMConfig) -> None:
     """Raise ValueError when a checkpoint of this config cannot decode in vLLM (the reason in the message)."""
-    if config.llm.mode not in PREFIX_MODES:
-        raise ValueError(
-            f"USERLLM_ENGINE=vllm serves modes {PREFIX_MODES}; this checkpoint is {config.llm.mode!r} "
-            "(use USERLLM_ENGINE=torch; docs/vllm.md)"
-        )
+    if config.llm.mode not in (*PREFIX_MODES, "cross_attention"):
+        raise ValueError(f"USERLLM_ENGINE=vllm cannot serve mode {config.llm.mode!r}")
     if config.strategy not in FROZEN_LLM_STRATEGIES:
         raise ValueError(
             f"USERLLM_ENGINE=vllm loads the frozen backbone; strategy {config.strategy!r} changed its "
@@ -82,16 +83,37 @@ def check_servable(config: UserLLMConfig) -> None:
         )
 
 
-def engine_args(engine: TorchEngine, settings: Settings) -> dict[str, Any]:
-    """`AsyncEngineArgs` of the backbone folder for this checkpoint and these settings."""
+def plugin_installed() -> bool:
+    """The `vllm_userllm` plugin (cross-attention in vLLM) is registered where vLLM looks for it."""
+    return any(e.value == "vllm_userllm:register" for e in entry_points(group="vllm.general_plugins"))
+
+
+def model_folder(engine: TorchEngine, settings: Settings) -> Path:
+    """The folder vLLM loads: the backbone's (prefix modes), or the cross-attention checkpoint exported
+    once per `model_version` into `cache_dir/vllm-models/` by `vllm_userllm.export`."""
+    if engine.model.config.llm.mode != "cross_attention":
+        return settings.resolved_backbone_dir
+    if not plugin_installed():
+        raise ValueError("cross-attention on vLLM needs the vllm_userllm plugin installed (make vllm-env)")
+    from vllm_userllm.export import export
+
+    folder = settings.cache_dir / "vllm-models" / engine.model_version
+    if not (folder / "userllm_adapters.safetensors").is_file():
+        export(settings.userllm_checkpoint, settings.resolved_backbone_dir, folder)
+    return folder
+
+
+def engine_args(engine: TorchEngine, settings: Settings, folder: Path) -> dict[str, Any]:
+    """`AsyncEngineArgs` of the model folder for this checkpoint and these settings."""
     config = engine.model.config
-    prefix = config.tower.num_user_tokens if config.llm.mode == "soft_prompt" else 2
+    cross = config.llm.mode == "cross_attention"
+    prefix = {"soft_prompt": config.tower.num_user_tokens, "pplug": 2}.get(config.llm.mode, 0)
     positions = int(engine.model.llm.backbone.config.max_position_embeddings)
     args: dict[str, Any] = dict(
-        model=str(settings.resolved_backbone_dir),
+        model=str(folder),
         tokenizer=str(settings.resolved_backbone_dir),
         dtype=config.backbone_dtype,  # as in training, as the PyTorch engine loads it
-        enable_prompt_embeds=True,
+        enable_prompt_embeds=not cross,  # vLLM refuses prompt embeddings for encoder-decoder models
         max_model_len=min(positions, prefix + settings.max_prompt_tokens + settings.max_new_tokens_limit),
         max_num_seqs=settings.max_batch_size,
         max_logprobs=MAX_LOGPROBS,
@@ -114,6 +136,7 @@ class VllmEngine:
     def __init__(self, torch_engine: TorchEngine, loop: EngineLoop, llm: Any, *, max_queue: int) -> None:
         self.torch_engine, self.loop, self.llm, self.max_queue = torch_engine, loop, llm, max_queue
         eos = torch_engine.model.llm.backbone.config.eos_token_id
+        self.cross_attention = torch_engine.model.config.llm.mode == "cross_attention"
         self.eos = {int(eos)} if isinstance(eos, int) else {int(t) for t in eos or ()}
         self._ids = itertools.count()
         self.active = 0  # generate calls in progress
@@ -126,7 +149,8 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(torch_engine, settings)))
+        folder = model_folder(torch_engine, settings)
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(torch_engine, settings, folder)))
         loop = EngineLoop(
             torch_engine,
             max_batch=settings.max_batch_size,
@@ -157,9 +181,17 @@ class VllmEngine:
             raise EngineOverloaded(f"{self.max_queue} generations are in progress; retry later")
         self.active += 1
         try:
-            embeds = await self.loop.embed(job)
+            if self.cross_attention:  # the user tokens are the encoder input; a cold-start user's are zeros
+                embeds, users = None, self.user_tokens(job)
+            else:
+                embeds, users = await self.loop.embed(job), None
             out = await self.decode(
-                job.prompt, embeds, job.params, on_text=job.on_text, stop=job.cancelled.is_set
+                job.prompt,
+                embeds,
+                job.params,
+                on_text=job.on_text,
+                stop=job.cancelled.is_set,
+                user_tokens=users,
             )
         except asyncio.CancelledError:
             metrics.CANCELLED.labels("generate").inc()
@@ -170,10 +202,25 @@ class VllmEngine:
 
     # --- vLLM requests ---
 
+    def user_tokens(self, job: GenerateJob) -> torch.Tensor:
+        """(L, Du) float32 user tokens of a cross-attention request; zeros for a user without tokens
+        (the plugin's blocks then add exactly nothing, as the PyTorch engine's masked rows)."""
+        if job.user.user_tokens is None:
+            return torch.zeros(self.torch_engine.user_token_shape)
+        return torch.from_numpy(job.user.user_tokens.astype(np.float32))
+
     @staticmethod
-    def request(prompt: Sequence[int], embeds: torch.Tensor | None) -> dict[str, Any]:
-        """vLLM's prompt: token ids alone, or the (P' + S, Dl) embeddings with the prompt's ids at
-        their positions (mixed mode; the P' prefix slots are marked as embeddings only)."""
+    def request(
+        prompt: Sequence[int], embeds: torch.Tensor | None, user_tokens: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """vLLM's prompt: token ids alone; or the (P' + S, Dl) embeddings with the prompt's ids at
+        their positions (mixed mode; the P' prefix slots are marked as embeddings only); or, for the
+        cross-attention plugin, an encoder-decoder prompt whose encoder input is the (L, Du) user tokens."""
+        if user_tokens is not None:
+            return {
+                "encoder_prompt": {"prompt_token_ids": [0], "multi_modal_data": {"user": user_tokens}},
+                "decoder_prompt": {"prompt_token_ids": list(prompt)},
+            }
         if embeds is None:
             return {"prompt_token_ids": list(prompt)}
         n_prefix = embeds.shape[0] - len(prompt)
@@ -212,6 +259,7 @@ class VllmEngine:
         on_text: Callable[[str], None] | None = None,
         stop: Callable[[], bool] | None = None,
         logprobs: int | None = None,
+        user_tokens: torch.Tensor | None = None,
     ) -> Decoded:
         """Decode one request in vLLM: text pieces to `on_text` as they come; `stop()` true (checked at
         each piece) or a cancelled call aborts the request in vLLM. `logprobs`: also the top-k raw
@@ -220,7 +268,9 @@ class VllmEngine:
             return Decoded("")
         out = Decoded("")
         stream = self.llm.generate(
-            self.request(prompt, embeds), self.sampling(params, logprobs), f"userllm-{next(self._ids)}"
+            self.request(prompt, embeds, user_tokens),
+            self.sampling(params, logprobs),
+            f"userllm-{next(self._ids)}",
         )
         try:
             async with contextlib.aclosing(stream):  # leaving early aborts the request in vLLM

@@ -1,19 +1,19 @@
 """Cross-attention inside vLLM (the `vllm_userllm` general plugin, experimental) against the PyTorch
-model on the same cross-attention checkpoint (real SmolLM2-135M, gates open, float32 on both sides).
+engine on the same cross-attention checkpoint (real SmolLM2-135M, gates open, float32 on both sides).
 
-The checkpoint is exported to a vLLM model folder (`vllm_userllm.export`), vLLM loads it through the
-plugin's entry point (installed with the project: `make vllm-env`), and two users decode at once (their
-user tokens are the encoder input of an encoder-decoder request, cached per request by vLLM's
-cross-attention). As in test_vllm_engine.py: vLLM's top-20 log-probs of every greedy step against the
-PyTorch model run over the prompt plus vLLM's tokens with the user's context; the other user's and the
-bare backbone's distributions are far from it.
+`VllmEngine` exports the checkpoint into a vLLM model folder (`vllm_userllm.export`, in `cache_dir`),
+vLLM loads it through the plugin's entry point (installed with the project: `make vllm-env`), and two
+users and a cold-start user decode at once (the user tokens, zeros for the cold one, are the encoder
+input of an encoder-decoder request, cached per request by vLLM's cross-attention). As in
+test_vllm_engine.py: vLLM's top-20 log-probs of every greedy step against the PyTorch model run over
+the prompt plus vLLM's tokens with the user's context (none for the cold user: the bare backbone);
+the other contexts' distributions are far from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from importlib.metadata import entry_points
 
 import numpy as np
 import pytest
@@ -23,89 +23,76 @@ pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm builds
 import pytest_asyncio  # noqa: E402
 import torch  # noqa: E402
 
-from models.backbone import load_backbone  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.personalized import PersonalizedLM, UserLLMConfig  # noqa: E402
+from models.generation import SamplingParams  # noqa: E402
+from service.engine import GenerateJob, TorchEngine, UserInput  # noqa: E402
+from service.vllm_engine import VllmEngine  # noqa: E402
 from tests_vllm.checkpoints import build_cross_attention_checkpoint  # noqa: E402
+from tests_vllm.conftest import vllm_settings  # noqa: E402
 from tests_vllm.test_vllm_engine import MIN_OVERLAP, STEPS, TOL, TOP_K, compare, torch_logprobs  # noqa: E402
-from vllm_userllm.export import export  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 log = logging.getLogger("userllm.test_vllm")
 
 
-@pytest.fixture(scope="module")
-def xattn(tmp_path_factory, backbone_dir):
-    """(PyTorch model, exported vLLM folder) of one cross-attention checkpoint."""
-    if not any(e.value == "vllm_userllm:register" for e in entry_points(group="vllm.general_plugins")):
-        pytest.fail(
-            "the vllm_userllm plugin is not installed in this environment (make vllm-env installs it)"
-        )
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines(tmp_path_factory, backbone_dir):
+    """(PyTorch engine, vLLM engine) on one cross-attention checkpoint."""
     root = tmp_path_factory.mktemp("xattn")
     ck_dir = build_cross_attention_checkpoint(root / "userllm", backbone_dir)
-    ck = load_checkpoint(ck_dir)
-    backbone, tokenizer = load_backbone(backbone_dir)
-    model = PersonalizedLM(UserLLMConfig(**ck.config), backbone).eval()
-    model.load_checkpoint_state(ck)
-    return model, tokenizer, export(ck_dir, backbone_dir, root / "vllm")
+    torch_engine = TorchEngine.load(ck_dir, backbone_dir, "cpu")
+    settings = vllm_settings(ck_dir, backbone_dir, cache_dir=root / "cache")
+    engine = VllmEngine.start(torch_engine, settings)
+    assert (root / "cache" / "vllm-models" / torch_engine.model_version / "config.json").is_file()
+    yield torch_engine, engine
+    await engine.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def llm(xattn, backbone_dir):
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
+async def test_cross_attention_distributions_match_the_pytorch_engine(engines) -> None:
+    torch_engine, engine = engines
+    model = torch_engine.model
+    rng = np.random.default_rng(7)
+    users = [rng.standard_normal(torch_engine.user_token_shape).astype(np.float16) for _ in range(2)]
+    prompt = torch_engine.chat_prompt("Suggest a film for tonight.")
+    params = SamplingParams(max_new_tokens=STEPS)
+    jobs = [GenerateJob(UserInput(u), prompt, params) for u in (*users, None)]
+    outs = await asyncio.gather(
+        *(
+            engine.decode(prompt, None, params, user_tokens=engine.user_tokens(j), logprobs=TOP_K)
+            for j in jobs
+        )
+    )
 
-    args = AsyncEngineArgs(
-        model=str(xattn[2]), tokenizer=str(backbone_dir), dtype="float32", enforce_eager=True,
-        max_model_len=512, kv_cache_memory_bytes=2**29, max_num_seqs=4, max_logprobs=TOP_K, seed=0,
-        generation_config="vllm", disable_log_stats=True,
-    )  # fmt: skip
-    engine = AsyncLLM.from_engine_args(args)
-    yield engine
-    engine.shutdown()
-
-
-async def decode(llm, prompt: list[int], tokens: np.ndarray, request_id: str):
-    from vllm import SamplingParams
-
-    request = {
-        "encoder_prompt": {"prompt_token_ids": [0], "multi_modal_data": {"user": torch.from_numpy(tokens)}},
-        "decoder_prompt": {"prompt_token_ids": prompt},
-    }
-    final = None
-    async for out in llm.generate(
-        request, SamplingParams(max_tokens=STEPS, temperature=0, logprobs=TOP_K), request_id
-    ):
-        final = out
-    assert final is not None
-    return final.outputs[0]
-
-
-async def test_cross_attention_distributions_match_the_pytorch_model(xattn, llm) -> None:
-    model, tokenizer, _ = xattn
-    shape = (model.config.tower.num_user_tokens, model.config.tower.dim_user)
-    users = [np.random.default_rng(seed).standard_normal(shape).astype(np.float32) for seed in (7, 8)]
-    chat = [{"role": "user", "content": "Suggest a film for tonight."}]
-    encoded = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
-    prompt = list(encoded["input_ids"])
-    outs = await asyncio.gather(*(decode(llm, prompt, u, f"xattn-{i}") for i, u in enumerate(users)))
-
-    def context(tokens: np.ndarray):
-        t = torch.from_numpy(tokens)[None]  # (1, L, Du)
+    def context(tokens: np.ndarray | None):
+        if tokens is None:
+            return (
+                None  # the PyTorch engine's cold-start rows equal the bare backbone (tests/test_userllm.py)
+            )
+        t = torch.from_numpy(tokens.astype(np.float32))[None]  # (1, L, Du), the fp16 values as cached
         return model.context_from_tokens(t, torch.ones(t.shape[:2], dtype=torch.bool))
 
+    contexts = [context(u) for u in users] + [None]
     for i, out in enumerate(outs):
-        steps = [{int(t): float(lp.logprob) for t, lp in top.items()} for top in out.logprobs][
-            : len(out.token_ids)
-        ]
-        worst, overlap = compare(
-            steps, torch_logprobs(model.llm, context(users[i]), prompt, list(out.token_ids))
-        )
+        steps = out.logprobs[: len(out.token_ids)]
+        worst, overlap = compare(steps, torch_logprobs(model.llm, contexts[i], prompt, out.token_ids))
         far = [
-            compare(steps, torch_logprobs(model.llm, c, prompt, list(out.token_ids)))[0]
-            for c in (context(users[1 - i]), None)
+            compare(steps, torch_logprobs(model.llm, c, prompt, out.token_ids))[0]
+            for j, c in enumerate(contexts)
+            if j != i
         ]
-        log.info("cross-attention user %d: max |dlogp| %.2e, overlap %d; other user %.2e, bare %.2e",
-                 i, worst, overlap, *far)  # fmt: skip
+        log.info("cross-attention row %d: max |dlogp| %.2e, overlap %d; other contexts %s",
+                 i, worst, overlap, ", ".join(f"{f:.2e}" for f in far))  # fmt: skip
         assert worst <= TOL and overlap >= MIN_OVERLAP
         assert min(far) > 20 * TOL
+
+
+async def test_generate_serves_cross_attention_users_and_cold_starts(engines) -> None:
+    torch_engine, engine = engines
+    prompt = torch_engine.chat_prompt("Write one sentence about space travel.")
+    params = SamplingParams(max_new_tokens=10, repetition_penalty=1.0)
+    user = UserInput(
+        np.random.default_rng(9).standard_normal(torch_engine.user_token_shape).astype(np.float16)
+    )
+    jobs = [GenerateJob(user, prompt, params), GenerateJob(UserInput(None), prompt, params)]
+    got = await asyncio.gather(*(engine.generate(j) for j in jobs))
+    want = torch_engine.generate_batch([GenerateJob(j.user, j.prompt, j.params) for j in jobs])
+    assert [g.text for g in got] == [w.text for w in want] and got[0].completion_tokens > 0

@@ -6,8 +6,11 @@ of the user tokens are computed at prefill and kept in vLLM's cross-attention KV
 The user tokens enter as the encoder input of an encoder-decoder request, a "user" modality item of
 shape (L, Du): `{"encoder_prompt": {"prompt_token_ids": [0], "multi_modal_data": {"user": tokens}},
 "decoder_prompt": {"prompt_token_ids": prompt}}`; the encoder is the identity. The block computes what
-models/cross_attention.py computes (same parameter names), without a mask: a user without tokens has
-no counterpart here. The model folder comes from `vllm_userllm.export`.
+models/cross_attention.py computes (same parameter names). vLLM's cross-attention has no key mask, so
+a user without tokens is sent as zeros: with no biases their values are 0, the attention output is
+exactly 0, and the block then also drops its FFN term for those tokens, which is what the PyTorch
+block does for a row whose mask is all False (the bare backbone). The model folder comes from
+`vllm_userllm.export`.
 
 Based on: vllm-project/bart-plugin `bart.py` (BartCrossAttention, EncDecMultiModalProcessor, the text
 "modality" parser) and vLLM's `whisper.py`; Flamingo / flamingo-pytorch gated cross-attention.
@@ -41,7 +44,8 @@ def _spec(config: Any) -> dict[str, Any]:
 
 
 class GatedCrossAttention(nn.Module):
-    """x + tanh(attn_gate) * o_proj(xattn(norm(x), user tokens)), then + tanh(ff_gate) * mlp(x)."""
+    """x + tanh(attn_gate) * o_proj(xattn(norm(x), user tokens)), then + tanh(ff_gate) * mlp(x) for the
+    tokens of requests with a user (a zero attention output marks a user without tokens)."""
 
     def __init__(self, *, dim: int, dim_context: int, heads: int, dim_head: int, ff_mult: int,
                  cache_config: Any, prefix: str) -> None:  # fmt: skip
@@ -69,8 +73,10 @@ class GatedCrossAttention(nn.Module):
         k = v = None
         if user_tokens is not None:
             k, v = self.k_proj(user_tokens), self.v_proj(user_tokens)  # (M, H*Dh)
-        x = x + self.attn_gate.tanh() * self.o_proj(self.attn(q, k, v))
-        return x + self.ff_gate.tanh() * self.mlp(x)
+        out = self.attn(q, k, v)  # (N, H*Dh); exactly 0 for a request whose user tokens are all 0
+        has_user = (out != 0).any(dim=-1, keepdim=True).to(x.dtype)  # (N, 1)
+        x = x + self.attn_gate.tanh() * self.o_proj(out)
+        return x + self.ff_gate.tanh() * self.mlp(x) * has_user
 
 
 # --- the "user" modality: one (L, Du) tensor per request ---
