@@ -21,8 +21,8 @@
 #       --build-arg BASE_IMAGE=<a CUDA runtime image that provides python3.11 as `python`> \
 #       --build-arg GPU=1 .
 #   GPU=1 additionally runs `pip install ".[vllm]"`: the CUDA `vllm` wheel pinned in pyproject.toml, the
-#   generation engine of soft-prompt and PPlug checkpoints (service/vllm_engine.py; cross-attention
-#   checkpoints stay on the PyTorch engine). Run the generator with USERLLM_ENGINE=vllm and
+#   generation engine (service/vllm_engine.py: soft prompt from prompt embeddings, cross-attention
+#   through the experimental vllm_userllm plugin). Run the generator with USERLLM_ENGINE=vllm and
 #   USERLLM_DEVICE=cuda to use it; without USERLLM_ENGINE the PyTorch engine serves, on CUDA when
 #   present. The default Linux torch wheel from the package index already bundles the CUDA runtime
 #   libraries, so `python:3.11-slim` + GPU=1 also works on hosts with the NVIDIA container toolkit; a

@@ -6,7 +6,7 @@ with no events get a non-personalized answer. The routes call an `EngineClient`
 (service/engine_client.py) chosen by `USERLLM_ENGINE`: `torch` (default) is one engine thread that runs
 the model (`EngineLoop`, service/scheduler.py): scoring batches first, then generation with continuous
 batching (requests join and leave a running decode step by step), off the event loop; `vllm`
-(service/vllm_engine.py, soft-prompt and PPlug checkpoints) decodes in vLLM and scores on that thread.
+(service/vllm_engine.py) decodes in vLLM and scores on that thread.
 CUDA when present, else CPU.
 Generation prompts are limited in tokens (`max_prompt_tokens`, and the backbone's context); a client
 that goes away cancels its decode, which stops at the next step.

