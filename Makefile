@@ -87,11 +87,14 @@ vllm-env: $(VLLM_STAMP)
 
 # The vLLM engine against the PyTorch engine on one soft-prompt checkpoint (real backbone), and the
 # generation server with USERLLM_ENGINE=vllm (needs Redis on 127.0.0.1:6379, else an embedded one).
-test-vllm: vllm-env backbone
+# (the backbone is converted by .venv only when it is missing: a converted one leaves .venv alone)
+test-vllm: vllm-env
+	@test -f $(BACKBONE_DIR)/config.json || $(MAKE) backbone
 	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q tests_vllm -o log_cli=true --log-cli-level=INFO
 
 # tokens/s at batch 1, 8, 32 and time to first token, vLLM vs the PyTorch engine -> docs/bench/vllm.md
-bench-vllm: vllm-env backbone
+bench-vllm: vllm-env
+	@test -f $(BACKBONE_DIR)/config.json || $(MAKE) backbone
 	$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm
 
 lint: install
