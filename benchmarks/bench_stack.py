@@ -46,7 +46,8 @@ PROBE_USERS = 4
 
 
 def untrained_checkpoint(root: Path, data: MovieLens) -> Path:
-    """An untrained USER-LLM checkpoint (paper-sized tower, cross-attention in the last 4 layers)."""
+    """An untrained USER-LLM checkpoint shaped as the recipes' (paper-sized tower, cross-attention in the
+    last 4 layers, 16-token scoring prompts)."""
     from models.backbone import backbone_id, load_backbone
     from models.checkpoint import save_checkpoint
     from models.personalized import PersonalizedLM, UserLLMConfig
@@ -61,6 +62,7 @@ def untrained_checkpoint(root: Path, data: MovieLens) -> Path:
         llm=LLMAdapterConfig(cross_attn_layers=tuple(range(layers - 4, layers))),
         num_items=data.vocab_size("item"),
         num_categories=data.vocab_size("category"),
+        prompt_tokens=16,  # the scoring prompts' last 16 tokens, as the USER-LLM recipes train them
     )
     torch.manual_seed(0)
     model = PersonalizedLM(config, backbone)
@@ -176,8 +178,8 @@ def main() -> None:
             "concurrency; review generations of "
             f"{args.tokens} greedy tokens; freshness probes during open-loop event loads. Checkpoint: "
             + ("the demo checkpoint (`make train-demo`)." if trained else
-               "untrained, paper-sized tower, cross-attention in the last 4 layers (no demo checkpoint "
-               "here; costs do not depend on the weights).")
+               "untrained, paper-sized tower, cross-attention in the last 4 layers, 16-token scoring "
+               "prompts as the recipes (no demo checkpoint here; costs do not depend on the weights).")
         ),
         started=started,
     )  # fmt: skip
