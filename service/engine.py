@@ -8,7 +8,10 @@ cross-attention keys/values computed once per request); `generate_batch` decodes
 end the same way (benchmarks, evaluation-style callers). Nothing here runs on the event loop. A
 generation job cancelled by its caller (`GenerateJob.cancel`, from any thread) leaves at the next
 decoding step, and one cancelled before it starts is not run at all.
-A vLLM engine for GPU deployments is described in docs/serving.md (not implemented yet)."""
+In mode "pplug" the cached user vectors are the history's sentence embeddings (service/pplug_runtime.py),
+aggregated per request against the embedding of the request's input text (`ScoreJob` task
+instruction, `GenerateJob.query`). A vLLM engine for GPU deployments is described in docs/serving.md
+(not implemented yet)."""
 
 from __future__ import annotations
 
@@ -27,10 +30,12 @@ from models.continuous import DecodeBatch
 from models.generation import SamplingParams, left_pad
 from models.lower_layers import lower_states, split_layer
 from models.personalized import PersonalizedLM, UserLLMConfig
+from models.pplug import DEFAULT_QUERY, SentenceEncoder
 from models.prompts import instruction, prompt_ids
 from models.userllm import UserContext
 from service.codec import FeatureCodec
 from service.encoding import UserTowerRuntime
+from service.pplug_runtime import PPlugRuntime
 from service.user_store import StoredEvent
 
 SPECIAL_IDS = (0, 1)  # <pad>, <unk>: never recommended, never a genre
@@ -48,7 +53,7 @@ def resolve_device(device: str) -> str:
 class UserInput:
     """The user side of one request: cached (or recomputed) user tokens, or none (cold start)."""
 
-    user_tokens: np.ndarray | None  # (L, Du) float16
+    user_tokens: np.ndarray | None  # (L, Du) float16; mode pplug: (N, Dt) history embeddings
 
     @property
     def personalized(self) -> bool:
@@ -78,6 +83,7 @@ class GenerateJob:
     prompt: list[int]
     params: SamplingParams
     on_text: Callable[[str], None] | None = None  # called from the engine thread with each new piece
+    query: str = DEFAULT_QUERY  # PPlug's input text x, which weighs the history (mode pplug only)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
 
     def cancel(self) -> None:
@@ -112,11 +118,20 @@ class TorchEngine:
         self.model_version = model_version
         self.device = device
         self.noun, self.category_noun = noun, category_noun
-        self.tower = UserTowerRuntime(model.tower, codec, model_version, device)
+        self.tower: UserTowerRuntime | PPlugRuntime
+        if model.config.llm.mode == "pplug":
+            window = model.config.tower.encoder.window
+            self.tower = PPlugRuntime(SentenceEncoder(), codec, model_version, window, device)
+        else:
+            self.tower = UserTowerRuntime(model.tower, codec, model_version, device)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.score_prompt = prompt_ids(tokenizer, instruction("next_item", noun=noun))
         self.genre_prompt = prompt_ids(tokenizer, instruction("genre", category=category_noun))
         self._lower: dict[str, torch.Tensor] = {}  # fixed prompt -> states below the first xattn layer
+        self.score_query = {  # PPlug's input text of each scoring task: its whole instruction, as trained
+            "next_item": instruction("next_item", noun=noun),
+            "genre": instruction("genre", category=category_noun),
+        }
 
     @classmethod
     def load(cls, checkpoint_dir: Path, backbone_dir: Path, device: str = "auto") -> TorchEngine:
@@ -152,17 +167,30 @@ class TorchEngine:
 
     @property
     def user_token_shape(self) -> tuple[int, int]:
-        """(L, Du) of the user tokens this model reads; cached tokens of another shape are not used."""
+        """(L, Du) of the user tokens this model reads (mode pplug: (window, Dt), the longest)."""
+        if isinstance(self.tower, PPlugRuntime):
+            return (self.tower.window, self.tower.dim)
         tower = self.model.config.tower
         return (tower.num_user_tokens, tower.dim_user)
 
+    def accepts_tokens(self, shape: tuple[int, ...]) -> bool:
+        """Whether cached tokens of `shape` are this model's; others are recomputed, never served."""
+        if isinstance(self.tower, PPlugRuntime):
+            return self.tower.accepts(shape)
+        return tuple(shape) == self.user_token_shape
+
     # --- helpers ---
 
-    def _context(self, users: Sequence[UserInput], *, always: bool = False) -> UserContext | None:
+    def _context(
+        self, users: Sequence[UserInput], *, always: bool = False, queries: Sequence[str] = ()
+    ) -> UserContext | None:
         """Stack user tokens; rows without tokens get an all-False mask (the bare backbone's output).
-        None when no row has tokens, unless `always` (rows that join a running decode need one)."""
+        None when no row has tokens, unless `always` (rows that join a running decode need one).
+        `queries`: each row's input text (mode pplug; default `DEFAULT_QUERY`)."""
         if not always and not any(u.personalized for u in users):
             return None
+        if isinstance(self.tower, PPlugRuntime):
+            return self._pplug_context(users, list(queries) or [DEFAULT_QUERY] * len(users))
         shape = next((u.user_tokens.shape for u in users if u.user_tokens is not None), self.user_token_shape)
         tokens = torch.zeros(len(users), *shape)
         mask = torch.zeros(len(users), shape[0], dtype=torch.bool)
@@ -171,6 +199,20 @@ class TorchEngine:
                 tokens[i] = torch.from_numpy(u.user_tokens.astype(np.float32))
                 mask[i] = True
         return self.model.context_from_tokens(tokens.to(self.device), mask.to(self.device))
+
+    def _pplug_context(self, users: Sequence[UserInput], queries: Sequence[str]) -> UserContext:
+        """(B, N, Dt) history embeddings (rows without history all masked) weighed against each row's
+        query embedding -> the [instruction, personal] prefix (models/pplug.PPlugAggregator)."""
+        assert isinstance(self.tower, PPlugRuntime)
+        width = max([1] + [len(u.user_tokens) for u in users if u.user_tokens is not None])
+        history = torch.zeros(len(users), width, self.tower.dim)  # (B, N, Dt)
+        mask = torch.zeros(len(users), width, dtype=torch.bool)  # (B, N)
+        for i, u in enumerate(users):
+            if u.user_tokens is not None:
+                history[i, : len(u.user_tokens)] = torch.from_numpy(u.user_tokens.astype(np.float32))
+                mask[i, : len(u.user_tokens)] = True
+        query = self.tower.queries(queries).to(self.device)  # (B, Dt)
+        return self.model.llm.prepare_pplug_context(query, history.to(self.device), mask.to(self.device))
 
     @property
     def max_context(self) -> int:
@@ -213,7 +255,8 @@ class TorchEngine:
         lower = None
         if split_layer(self.model.llm) > 0:  # cross-attention: skip the user-independent lower layers
             lower = self._lower_states(task).expand(len(users), -1, -1)  # (B, S, Dl)
-        return self.model.score(ids, mask, self._context(users), lower)
+        context = self._context(users, queries=[self.score_query[task]] * len(users))
+        return self.model.score(ids, mask, context, lower)
 
     @torch.inference_mode()
     def score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
@@ -254,7 +297,7 @@ class TorchEngine:
         ids, mask = left_pad([j.prompt for j in jobs], pad_token_id=self.pad_id)
         batch.join(
             [id(j) for j in jobs], ids.to(self.device), mask.to(self.device), [j.params for j in jobs],
-            self._context([j.user for j in jobs], always=True),
+            self._context([j.user for j in jobs], always=True, queries=[j.query for j in jobs]),
         )  # fmt: skip
 
     @torch.inference_mode()
