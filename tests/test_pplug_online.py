@@ -115,3 +115,28 @@ async def test_events_to_personalized_answers_through_the_stack(settings, runtim
                 assert review.status_code == 200 and review.json()["personalized"]
                 assert review.json()["completion_tokens"] >= 1
             await redis.aclose()
+
+
+def test_the_served_model_is_chosen_by_configuration(tmp_path, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    assert Settings(checkpoint_dir=tmp_path).userllm_checkpoint == tmp_path / "userllm"
+    monkeypatch.setenv("USERLLM_MODEL", "pplug")
+    assert Settings(checkpoint_dir=tmp_path).userllm_checkpoint == tmp_path / "pplug"
+    with pytest.raises(ValidationError, match="model"):
+        Settings(model="../elsewhere")
+
+
+def test_the_stack_names_the_training_command_of_a_missing_pplug_checkpoint(tmp_path, monkeypatch, capsys):
+    from service import stack
+    from service.settings import get_settings
+
+    monkeypatch.setenv("USERLLM_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("USERLLM_MODEL", "pplug")
+    get_settings.cache_clear()
+    try:
+        assert stack.main([]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert f"no USER-LLM checkpoint at {tmp_path / 'pplug'}" in err and "`make train-pplug`" in err
