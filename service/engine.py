@@ -186,11 +186,12 @@ class TorchEngine:
     ) -> UserContext | None:
         """Stack user tokens; rows without tokens get an all-False mask (the bare backbone's output).
         None when no row has tokens, unless `always` (rows that join a running decode need one).
-        `queries`: each row's input text (mode pplug; default `DEFAULT_QUERY`)."""
-        if not always and not any(u.personalized for u in users):
-            return None
+        Mode pplug: always a context (a row without history gets the instruction slot alone, batched
+        or not); `queries` are the rows' input texts (default `DEFAULT_QUERY`)."""
         if isinstance(self.tower, PPlugRuntime):
             return self._pplug_context(users, list(queries) or [DEFAULT_QUERY] * len(users))
+        if not always and not any(u.personalized for u in users):
+            return None
         shape = next((u.user_tokens.shape for u in users if u.user_tokens is not None), self.user_token_shape)
         tokens = torch.zeros(len(users), *shape)
         mask = torch.zeros(len(users), shape[0], dtype=torch.bool)

@@ -74,6 +74,8 @@ def test_the_engine_weighs_the_history_by_the_requests_input(pplug_stack) -> Non
     assert not torch.allclose(other.prefix[0, 1], review.prefix[0, 1])  # input-aware aggregation
     scores, _ = engine._score([user, cold], "next_item")
     assert not torch.allclose(scores[0], scores[1])  # the history changes the recommendation
+    alone, _ = engine._score([cold], "next_item")  # a cold user scores the same alone as in a batch
+    torch.testing.assert_close(alone[0], scores[1], atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture
