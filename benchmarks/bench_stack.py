@@ -148,7 +148,8 @@ def main() -> None:
     env = {**os.environ, "USERLLM_REDIS_URL": redis_url, "USERLLM_CHECKPOINT_DIR": str(checkpoints),
            "USERLLM_PORT": str(port), "USERLLM_HOST": "127.0.0.1", "USERLLM_GENERATOR_PORT": str(gen_port),
            "USERLLM_GENERATOR_URL": f"http://127.0.0.1:{gen_port}", "USERLLM_WORKER_METRICS_PORT": "0",
-           "USERLLM_LOG_LEVEL": "WARNING", "USERLLM_BACKBONE_DIR": str(backbone_dir())}  # fmt: skip
+           "USERLLM_LOG_LEVEL": "WARNING", "USERLLM_BACKBONE_DIR": str(backbone_dir()),
+           "USERLLM_MODEL": "userllm"}  # fmt: skip
     env.pop("USERLLM_API_KEYS_FILE", None)
     log = (tmp / "stack.log").open("wb")
     stack = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=env, stdout=log,
