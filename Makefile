@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export USERLLM_CACHE_DIR := $(CACHE_DIR)
 export USERLLM_BACKBONE_DIR := $(BACKBONE_DIR)
 
-.PHONY: install backbone test run train-demo demo soak lint bench clean vllm-env test-vllm bench-vllm
+.PHONY: install backbone test run train-demo train-pplug demo soak lint bench clean vllm-env test-vllm bench-vllm
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/nodeps.txt requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,10 +30,14 @@ test: install backbone
 	$(BIN)/python -m pytest -q
 
 # The whole stack on an embedded Redis (unless USERLLM_REDIS_URL is set), demo checkpoints trained if absent.
+# USERLLM_MODEL=pplug serves the PPlug checkpoint instead (trained by `make train-pplug` if absent).
 CHECKPOINT_DIR ?= checkpoints
+USERLLM_MODEL ?= userllm
 export USERLLM_CHECKPOINT_DIR := $(CHECKPOINT_DIR)
+export USERLLM_MODEL
 run: install backbone
-	@test -f $(CHECKPOINT_DIR)/userllm/manifest.json || $(MAKE) train-demo
+	@test -f $(CHECKPOINT_DIR)/$(USERLLM_MODEL)/manifest.json || \
+		$(MAKE) $(if $(filter pplug,$(USERLLM_MODEL)),train-pplug,train-demo)
 	$(BIN)/python -m service.stack
 
 demo: install
@@ -62,6 +66,19 @@ train-demo: install backbone
 		--threads=$(TRAIN_THREADS)
 	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_USERLLM_DIR) --out_dir=$(DEMO_RUNS_DIR)/text-check \
 		--text_users=24
+
+# The PPlug checkpoint (recipe "demo-pplug": frozen LLM, the history's sentence embeddings weighed by
+# each request's input; next item + genre), on the demo encoder (trained first if absent), then its
+# text check. Served with USERLLM_MODEL=pplug.
+DEMO_PPLUG_DIR ?= $(CHECKPOINT_DIR)/pplug
+train-pplug: install backbone
+	@test -f $(DEMO_ENCODER_DIR)/manifest.json || nice $(BIN)/python -m training pretrain-encoder --recipe=demo \
+		--out_dir=$(DEMO_ENCODER_DIR) --run_dir=$(DEMO_RUNS_DIR)/encoder --threads=$(TRAIN_THREADS)
+	nice $(BIN)/python -m training finetune --recipe=demo-pplug --encoder_dir=$(DEMO_ENCODER_DIR) \
+		--out_dir=$(DEMO_PPLUG_DIR) --run_dir=$(DEMO_RUNS_DIR)/pplug --backbone_dir=$(USERLLM_BACKBONE_DIR) \
+		--threads=$(TRAIN_THREADS)
+	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_PPLUG_DIR) \
+		--out_dir=$(DEMO_RUNS_DIR)/text-check-pplug --text_users=24
 
 # The quick benchmark suite (about 10 minutes; needs Redis on 127.0.0.1:6379) -> docs/performance.md
 bench: install backbone

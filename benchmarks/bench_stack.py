@@ -46,7 +46,8 @@ PROBE_USERS = 4
 
 
 def untrained_checkpoint(root: Path, data: MovieLens) -> Path:
-    """An untrained USER-LLM checkpoint (paper-sized tower, cross-attention in the last 4 layers)."""
+    """An untrained USER-LLM checkpoint shaped as the recipes' (paper-sized tower, cross-attention in the
+    last 4 layers, 16-token scoring prompts)."""
     from models.backbone import backbone_id, load_backbone
     from models.checkpoint import save_checkpoint
     from models.personalized import PersonalizedLM, UserLLMConfig
@@ -61,6 +62,7 @@ def untrained_checkpoint(root: Path, data: MovieLens) -> Path:
         llm=LLMAdapterConfig(cross_attn_layers=tuple(range(layers - 4, layers))),
         num_items=data.vocab_size("item"),
         num_categories=data.vocab_size("category"),
+        prompt_tokens=16,  # the scoring prompts' last 16 tokens, as the USER-LLM recipes train them
     )
     torch.manual_seed(0)
     model = PersonalizedLM(config, backbone)
@@ -146,7 +148,8 @@ def main() -> None:
     env = {**os.environ, "USERLLM_REDIS_URL": redis_url, "USERLLM_CHECKPOINT_DIR": str(checkpoints),
            "USERLLM_PORT": str(port), "USERLLM_HOST": "127.0.0.1", "USERLLM_GENERATOR_PORT": str(gen_port),
            "USERLLM_GENERATOR_URL": f"http://127.0.0.1:{gen_port}", "USERLLM_WORKER_METRICS_PORT": "0",
-           "USERLLM_LOG_LEVEL": "WARNING", "USERLLM_BACKBONE_DIR": str(backbone_dir())}  # fmt: skip
+           "USERLLM_LOG_LEVEL": "WARNING", "USERLLM_BACKBONE_DIR": str(backbone_dir()),
+           "USERLLM_MODEL": "userllm"}  # fmt: skip
     env.pop("USERLLM_API_KEYS_FILE", None)
     log = (tmp / "stack.log").open("wb")
     stack = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=env, stdout=log,
@@ -176,8 +179,8 @@ def main() -> None:
             "concurrency; review generations of "
             f"{args.tokens} greedy tokens; freshness probes during open-loop event loads. Checkpoint: "
             + ("the demo checkpoint (`make train-demo`)." if trained else
-               "untrained, paper-sized tower, cross-attention in the last 4 layers (no demo checkpoint "
-               "here; costs do not depend on the weights).")
+               "untrained, paper-sized tower, cross-attention in the last 4 layers, 16-token scoring "
+               "prompts as the recipes (no demo checkpoint here; costs do not depend on the weights).")
         ),
         started=started,
     )  # fmt: skip

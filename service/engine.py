@@ -7,9 +7,12 @@ requests into a running continuous-batching decode (`decode_batch`, models/conti
 cross-attention keys/values computed once per request); `generate_batch` decodes a batch start to
 end the same way (benchmarks, evaluation-style callers). Nothing here runs on the event loop. A
 generation job cancelled by its caller (`GenerateJob.cancel`, from any thread) leaves at the next
-decoding step, and one cancelled before it starts is not run at all. For the vLLM engine
-(service/vllm_engine.py) it also computes the prompt embeddings of soft-prompt / PPlug requests
-(`prompt_embeds_batch`) and keeps scoring and history encoding."""
+decoding step, and one cancelled before it starts is not run at all.
+In mode "pplug" the cached user vectors are the history's sentence embeddings (service/pplug_runtime.py),
+aggregated per request against the embedding of the request's input text (`ScoreJob` task
+instruction, `GenerateJob.query`). For the vLLM engine (service/vllm_engine.py) it also computes the
+prompt embeddings of soft-prompt / PPlug requests (`prompt_embeds_batch`) and keeps scoring and history
+encoding."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from models.continuous import DecodeBatch
 from models.generation import left_pad
 from models.lower_layers import lower_states, split_layer
 from models.personalized import PersonalizedLM, UserLLMConfig
+from models.pplug import DEFAULT_QUERY, SentenceEncoder
 from models.prompt_embeds import PREFIX_MODES, context_prompt_embeds
 from models.prompts import instruction, prompt_ids
 from models.userllm import UserContext
@@ -33,6 +37,7 @@ from service.codec import FeatureCodec
 from service.detokenizer import Detokenizer
 from service.encoding import UserTowerRuntime
 from service.jobs import GenerateJob, GenerateResult, ScoreJob, ScoreResult, ScoreTask, UserInput
+from service.pplug_runtime import PPlugRuntime
 from service.user_store import StoredEvent
 
 __all__ = [  # the job types are re-exported: callers import them from here or from service.jobs
@@ -70,11 +75,20 @@ class TorchEngine:
         self.model_version = model_version
         self.device = device
         self.noun, self.category_noun = noun, category_noun
-        self.tower = UserTowerRuntime(model.tower, codec, model_version, device)
+        self.tower: UserTowerRuntime | PPlugRuntime
+        if model.config.llm.mode == "pplug":
+            window = model.config.tower.encoder.window
+            self.tower = PPlugRuntime(SentenceEncoder(), codec, model_version, window, device)
+        else:
+            self.tower = UserTowerRuntime(model.tower, codec, model_version, device)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.score_prompt = prompt_ids(tokenizer, instruction("next_item", noun=noun))
         self.genre_prompt = prompt_ids(tokenizer, instruction("genre", category=category_noun))
         self._lower: dict[str, torch.Tensor] = {}  # fixed prompt -> states below the first xattn layer
+        self.score_query = {  # PPlug's input text of each scoring task: its whole instruction, as trained
+            "next_item": instruction("next_item", noun=noun),
+            "genre": instruction("genre", category=category_noun),
+        }
 
     @classmethod
     def load(cls, checkpoint_dir: Path, backbone_dir: Path, device: str = "auto") -> TorchEngine:
@@ -110,15 +124,29 @@ class TorchEngine:
 
     @property
     def user_token_shape(self) -> tuple[int, int]:
-        """(L, Du) of the user tokens this model reads; cached tokens of another shape are not used."""
+        """(L, Du) of the user tokens this model reads (mode pplug: (window, Dt), the longest)."""
+        if isinstance(self.tower, PPlugRuntime):
+            return (self.tower.window, self.tower.dim)
         tower = self.model.config.tower
         return (tower.num_user_tokens, tower.dim_user)
 
+    def accepts_tokens(self, shape: tuple[int, ...]) -> bool:
+        """Whether cached tokens of `shape` are this model's; others are recomputed, never served."""
+        if isinstance(self.tower, PPlugRuntime):
+            return self.tower.accepts(shape)
+        return tuple(shape) == self.user_token_shape
+
     # --- helpers ---
 
-    def _context(self, users: Sequence[UserInput], *, always: bool = False) -> UserContext | None:
+    def _context(
+        self, users: Sequence[UserInput], *, always: bool = False, queries: Sequence[str] = ()
+    ) -> UserContext | None:
         """Stack user tokens; rows without tokens get an all-False mask (the bare backbone's output).
-        None when no row has tokens, unless `always` (rows that join a running decode need one)."""
+        None when no row has tokens, unless `always` (rows that join a running decode need one).
+        Mode pplug: always a context (a row without history gets the instruction slot alone, batched
+        or not); `queries` are the rows' input texts (default `DEFAULT_QUERY`)."""
+        if isinstance(self.tower, PPlugRuntime):
+            return self._pplug_context(users, list(queries) or [DEFAULT_QUERY] * len(users))
         if not always and not any(u.personalized for u in users):
             return None
         shape = next((u.user_tokens.shape for u in users if u.user_tokens is not None), self.user_token_shape)
@@ -129,6 +157,20 @@ class TorchEngine:
                 tokens[i] = torch.from_numpy(u.user_tokens.astype(np.float32))
                 mask[i] = True
         return self.model.context_from_tokens(tokens.to(self.device), mask.to(self.device))
+
+    def _pplug_context(self, users: Sequence[UserInput], queries: Sequence[str]) -> UserContext:
+        """(B, N, Dt) history embeddings (rows without history all masked) weighed against each row's
+        query embedding -> the [instruction, personal] prefix (models/pplug.PPlugAggregator)."""
+        assert isinstance(self.tower, PPlugRuntime)
+        width = max([1] + [len(u.user_tokens) for u in users if u.user_tokens is not None])
+        history = torch.zeros(len(users), width, self.tower.dim)  # (B, N, Dt)
+        mask = torch.zeros(len(users), width, dtype=torch.bool)  # (B, N)
+        for i, u in enumerate(users):
+            if u.user_tokens is not None:
+                history[i, : len(u.user_tokens)] = torch.from_numpy(u.user_tokens.astype(np.float32))
+                mask[i, : len(u.user_tokens)] = True
+        query = self.tower.queries(queries).to(self.device)  # (B, Dt)
+        return self.model.llm.prepare_pplug_context(query, history.to(self.device), mask.to(self.device))
 
     @property
     def max_context(self) -> int:
@@ -171,7 +213,8 @@ class TorchEngine:
         lower = None
         if split_layer(self.model.llm) > 0:  # cross-attention: skip the user-independent lower layers
             lower = self._lower_states(task).expand(len(users), -1, -1)  # (B, S, Dl)
-        return self.model.score(ids, mask, self._context(users), lower)
+        context = self._context(users, queries=[self.score_query[task]] * len(users))
+        return self.model.score(ids, mask, context, lower)
 
     @torch.inference_mode()
     def score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
@@ -205,15 +248,19 @@ class TorchEngine:
     @torch.inference_mode()
     def prompt_embeds_batch(self, jobs: list[GenerateJob]) -> list[torch.Tensor | None]:
         """Each job's (P' + S, Dl) prompt embeddings on the CPU, for the vLLM engine: its user prefix
-        (the projected user tokens) then its prompt's token embeddings (models/prompt_embeds.py);
-        None for a user without tokens (the bare prompt: its token ids suffice)."""
+        (the projected user tokens, or PPlug's [instruction, personal] pair weighed by `job.query`) then
+        its prompt's token embeddings (models/prompt_embeds.py); None for a soft-prompt user without
+        tokens (the bare prompt: its token ids suffice)."""
         if self.model.config.llm.mode not in PREFIX_MODES:
             raise ValueError(f"mode {self.model.config.llm.mode!r} has no prompt embeddings")
-        context = self._context([j.user for j in jobs])
+        context = self._context([j.user for j in jobs], queries=[j.query for j in jobs])
         if context is None:
             return [None] * len(jobs)
         rows = context_prompt_embeds(self.model.llm, [j.prompt for j in jobs], context)
-        return [row.cpu() if job.user.personalized else None for job, row in zip(jobs, rows, strict=True)]
+        pplug = isinstance(self.tower, PPlugRuntime)  # a PPlug user without history: the instruction slot
+        return [
+            row.cpu() if pplug or job.user.personalized else None for job, row in zip(jobs, rows, strict=True)
+        ]
 
     def decode_batch(self) -> DecodeBatch:
         """An empty continuous-batching decode of this model (models/continuous.py)."""
@@ -225,7 +272,7 @@ class TorchEngine:
         ids, mask = left_pad([j.prompt for j in jobs], pad_token_id=self.pad_id)
         batch.join(
             [id(j) for j in jobs], ids.to(self.device), mask.to(self.device), [j.params for j in jobs],
-            self._context([j.user for j in jobs], always=True),
+            self._context([j.user for j in jobs], always=True, queries=[j.query for j in jobs]),
         )  # fmt: skip
 
     @torch.inference_mode()

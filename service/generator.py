@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from prometheus_client import make_asgi_app
 
+from models.pplug import DEFAULT_QUERY, REVIEW_QUERY
 from service import metrics
 from service.disconnect import cancel_on_disconnect
 from service.engine import GenerateJob, ScoreJob, TorchEngine, UserInput
@@ -147,7 +148,7 @@ async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | N
         metrics.CORRUPT_RECORDS.labels("generator", "user_tokens").inc()
         cached, reason = None, "corrupt"
     if cached is not None and cached.model_version == engine.model_version:
-        if cached.user_tokens.shape == engine.user_token_shape:
+        if engine.accepts_tokens(cached.user_tokens.shape):
             metrics.CACHE_HITS.inc()
             return UserInput(cached.user_tokens), cached.updated_at
         reason = "shape"  # same version, other shape: written by something else than this model
@@ -253,7 +254,8 @@ def _routes(app: FastAPI) -> None:
                 prompt_tokens=len(engine.genre_prompt),
                 completion_tokens=0,
             )
-        job = GenerateJob(user, *inputs)
+        query = REVIEW_QUERY if body.task == "review" else body.prompt or DEFAULT_QUERY  # PPlug's input x
+        job = GenerateJob(user, *inputs, query=query)
         if body.stream:
             events = stream_events(state["runner"].generate, job, info, request_id(request))
             return EventStreamResponse(events)

@@ -11,13 +11,14 @@ from typing import Literal
 import numpy as np
 
 from models.generation import SamplingParams
+from models.pplug import DEFAULT_QUERY
 
 
 @dataclass
 class UserInput:
     """The user side of one request: cached (or recomputed) user tokens, or none (cold start)."""
 
-    user_tokens: np.ndarray | None  # (L, Du) float16
+    user_tokens: np.ndarray | None  # (L, Du) float16; mode pplug: (N, Dt) history embeddings
 
     @property
     def personalized(self) -> bool:
@@ -47,6 +48,7 @@ class GenerateJob:
     prompt: list[int]
     params: SamplingParams
     on_text: Callable[[str], None] | None = None  # called from the engine thread with each new piece
+    query: str = DEFAULT_QUERY  # PPlug's input text x, which weighs the history (mode pplug only)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop at the next step
 
     def cancel(self) -> None:

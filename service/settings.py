@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     backbone_dir: Path | None = Field(
         None, description="HF causal-LM folder; default cache_dir/backbones/..."
     )
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="holds encoder/ and userllm/")
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="holds encoder/ and the served models")
+    model: str = Field(
+        "userllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the checkpoint served, checkpoint_dir/<model>: userllm (`make train-demo`, gated "
+        "cross-attention) or pplug (`make train-pplug`, Persona-Plug)",
+    )  # fmt: skip
 
     # --- worker ---
     worker_name: str | None = Field(None, description="consumer name; default host-pid")
@@ -130,7 +135,8 @@ class Settings(BaseSettings):
 
     @property
     def userllm_checkpoint(self) -> Path:
-        return self.checkpoint_dir / "userllm"
+        """The served checkpoint (`USERLLM_MODEL`, default userllm)."""
+        return self.checkpoint_dir / self.model
 
 
 @lru_cache

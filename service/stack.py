@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if not manifest.is_file():
         sys.stderr.write(
             f"error: no USER-LLM checkpoint at {settings.userllm_checkpoint} "
-            "(train one with `make train-demo`; `make run` does it for you)\n"
+            f"(train one with `make {'train-pplug' if settings.model == 'pplug' else 'train-demo'}`; "
+            "`make run` does it for you)\n"
         )
         return 2
     if not (settings.resolved_backbone_dir / "config.json").is_file():

@@ -42,6 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service import metrics
 from service.encoding import Encoded, UserTowerRuntime
 from service.keys import Keys
+from service.pplug_runtime import PPlugRuntime, load_user_runtime
 from service.streams import (
     StreamEvent,
     ack,
@@ -102,7 +103,7 @@ class EncoderWorker:
         self,
         redis: aioredis.Redis,
         keys: Keys,
-        runtime: UserTowerRuntime,
+        runtime: UserTowerRuntime | PPlugRuntime,
         *,
         consumer: str,
         history_keep: int = 200,
@@ -441,7 +442,7 @@ async def main() -> None:
     except RuntimeError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
-        runtime = UserTowerRuntime.from_checkpoint(settings.userllm_checkpoint, slide=settings.encoder_slide)
+        runtime = load_user_runtime(settings.userllm_checkpoint, slide=settings.encoder_slide)
     except ValueError as exc:  # a slide the checkpoint's window cannot hold
         raise SystemExit(f"error: USERLLM_ENCODER_SLIDE={settings.encoder_slide}: {exc}") from None
     if settings.worker_metrics_port:

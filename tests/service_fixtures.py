@@ -36,7 +36,7 @@ def vocab_and_catalogue() -> tuple[dict, dict]:
     return vocab, catalogue
 
 
-def tiny_config(cross_attn_layers: tuple[int, ...] = ()) -> UserLLMConfig:
+def tiny_config(cross_attn_layers: tuple[int, ...] = (), mode: str = "cross_attention") -> UserLLMConfig:
     features = (
         FeatureConfig("item", NUM_ITEMS + 2, False, 16),
         FeatureConfig("category", len(GENRES) + 2, True, 8),
@@ -46,7 +46,9 @@ def tiny_config(cross_attn_layers: tuple[int, ...] = ()) -> UserLLMConfig:
         features=features, d_model=32, n_layers=2, n_heads=4, window=WINDOW, dropout=0.0
     )
     tower = UserTowerConfig(encoder=encoder, perceiver=PerceiverConfig.tiny())
-    llm = dataclasses.replace(LLMAdapterConfig.tiny(), cross_attn_layers=cross_attn_layers)
+    llm = dataclasses.replace(LLMAdapterConfig.tiny(mode), cross_attn_layers=cross_attn_layers)
+    if mode == "pplug":  # the real sentence encoder (all-MiniLM-L6-v2) embeds the history
+        llm = dataclasses.replace(llm, dim_text=384)
     return UserLLMConfig(tower=tower, llm=llm, num_items=NUM_ITEMS + 2, num_categories=len(GENRES) + 2)
 
 
@@ -58,9 +60,11 @@ def build_tiny_stack(
     gate: float = 0.5,
     cross_attn_layers: tuple[int, ...] = (),
     max_position_embeddings: int = 128,
+    mode: str = "cross_attention",
 ) -> tuple[Path, Path]:
     """Write `root/backbone` (tiny Llama + real tokenizer, a context of `max_position_embeddings`) and
-    `root/userllm` (checkpoint); cross-attention before every layer unless `cross_attn_layers` says where."""
+    `root/userllm` (checkpoint) of `mode`; cross-attention before every layer unless `cross_attn_layers`
+    says where."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
@@ -72,7 +76,7 @@ def build_tiny_stack(
     backbone.config.pad_token_id = tokenizer.pad_token_id or 0
     backbone.save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
-    model = PersonalizedLM(tiny_config(cross_attn_layers), backbone)
+    model = PersonalizedLM(tiny_config(cross_attn_layers, mode), backbone)
     with torch.no_grad():  # open the gates: an untrained model whose answers still depend on the user
         for block in model.llm.cross_attn_blocks():
             block.attn_gate.fill_(gate)

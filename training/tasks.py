@@ -26,6 +26,7 @@ from models.generation import SERVED_REPETITION_PENALTY, SamplingParams, generat
 from models.lower_layers import lower_states, split_layer
 from models.perceiver import PerceiverConfig
 from models.personalized import PersonalizedLM, UserLLMConfig
+from models.pplug import DEFAULT_QUERY, REVIEW_QUERY, item_text
 from models.prompts import instruction, nouns, prompt_ids
 from models.user_encoder import UserEncoderConfig
 from models.user_tower import UserTowerConfig
@@ -40,7 +41,6 @@ __all__ = ["TaskRunner", "build_config", "default_backbone_dir", "nouns", "train
 
 USER_INPUTS = ("embeddings", "text", "none")
 IGNORE = -100  # label of prompt and padding positions in the LM loss
-REVIEW_QUERY = "Write this user's review."  # PPlug's input text x for the review task
 
 
 def default_backbone_dir() -> str:
@@ -163,8 +163,7 @@ class TaskRunner:
 
     def item_text(self, item_id: str) -> str:
         entry = self.corpus.catalogue.get(item_id) or {}
-        categories = ", ".join(entry.get("categories") or [])
-        return f"{entry.get('title') or item_id}" + (f" ({categories})" if categories else "")
+        return item_text(str(entry.get("title") or item_id), entry.get("categories") or [])
 
     def pplug_context(self, examples: Sequence[Example], text: str) -> UserContext:
         histories = [[self.item_text(e.item) for e in ex.history[-self.window :]] for ex in examples]
@@ -176,7 +175,7 @@ class TaskRunner:
             if texts:
                 history[b, : len(texts)] = self.embed_texts(texts)
                 mask[b, : len(texts)] = True
-        query = self.embed_texts([text or "user"] * len(examples))  # (B, Dt)
+        query = self.embed_texts([text or DEFAULT_QUERY] * len(examples))  # (B, Dt)
         return self.model.llm.prepare_pplug_context(query, history, mask)
 
     def fixed_prompt(self, task: str, batch: int) -> tuple[Tensor, Tensor]:
