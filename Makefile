@@ -69,7 +69,9 @@ train-demo: install backbone
 
 # The PPlug checkpoint (recipe "demo-pplug": frozen LLM, the history's sentence embeddings weighed by
 # each request's input; next item + genre), on the demo encoder (trained first if absent), then its
-# text check. Served with USERLLM_MODEL=pplug.
+# text check, which fails for this scoring-only recipe (its prefix breaks generated text; measured in
+# docs/serving.md): the failure is printed and ignored, so the checkpoint still serves its scores.
+# Served with USERLLM_MODEL=pplug.
 DEMO_PPLUG_DIR ?= $(CHECKPOINT_DIR)/pplug
 train-pplug: install backbone
 	@test -f $(DEMO_ENCODER_DIR)/manifest.json || nice $(BIN)/python -m training pretrain-encoder --recipe=demo \
@@ -77,7 +79,7 @@ train-pplug: install backbone
 	nice $(BIN)/python -m training finetune --recipe=demo-pplug --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_PPLUG_DIR) --run_dir=$(DEMO_RUNS_DIR)/pplug --backbone_dir=$(USERLLM_BACKBONE_DIR) \
 		--threads=$(TRAIN_THREADS)
-	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_PPLUG_DIR) \
+	-nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_PPLUG_DIR) \
 		--out_dir=$(DEMO_RUNS_DIR)/text-check-pplug --text_users=24
 
 # The quick benchmark suite (about 10 minutes; needs Redis on 127.0.0.1:6379) -> docs/performance.md

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from models.checkpoint import Checkpoint, load_checkpoint, load_state_strict
 from models.features import collate_events
+from models.lower_layers import split_layer
 from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import EvalConfig
 from training.corpus import Corpus, encoded, load_corpus_for
@@ -158,7 +159,8 @@ def userllm_runner(ck: Checkpoint, corpus: Corpus, history_events: int = 0) -> T
     model, tokenizer = load_userllm(ck)
     train_cfg = ck.manifest.get("train_config") or {}  # the baselines' training-only choices
     runner = TaskRunner(
-        model, tokenizer, corpus, model.config.prompt_tokens or 1_000_000, reuse_lower=True,
+        model, tokenizer, corpus, model.config.prompt_tokens or 1_000_000,
+        reuse_lower=split_layer(model.llm) > 0,  # soft prompt / PPlug condition the input: nothing to reuse
         user_input=train_cfg.get("user_input", "embeddings"), text_events=train_cfg.get("text_events", 50),
         text_tokens=train_cfg.get("text_tokens", 1024),
     )  # fmt: skip
