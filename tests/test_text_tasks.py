@@ -129,6 +129,24 @@ def test_one_multitask_checkpoint_answers_every_task_and_text_check_fails_on_gar
     assert (tmp_path / "check" / "text.json").is_file()
 
 
+def test_text_check_reads_a_pplug_checkpoint(
+    tiny_backbone: Path, encoder_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PPlug conditions the input embeddings: the text check runs it through the whole LLM (no lower
+    layers to reuse) and reports, instead of stopping with an error."""
+    cfg = _config(tiny_backbone, encoder_dir, tmp_path, mode="pplug", tasks="next_item,generic", steps=2)
+    finetune(cfg)
+    vocabs = vocabs_from_dict(load_checkpoint(cfg.encoder_dir).extras["vocab"])
+    corpus = load_corpus(cfg.dataset, max_users=12, vocabs=vocabs)
+    runner = userllm_runner(load_checkpoint(cfg.out_dir), corpus)
+    assert not runner.reuse_lower  # the prefix enters at the input: every layer reads the user
+    code = cli(["text-check", f"--checkpoint={cfg.out_dir}", "--max_users=12", "--text_users=2",
+                f"--out_dir={tmp_path / 'check'}"])  # fmt: skip
+    out, _ = capsys.readouterr()
+    assert code in (0, 1) and "generic-text perplexity" in out  # 2 = the check could not run
+    assert (tmp_path / "check" / "text.json").is_file()
+
+
 def test_degenerate_compares_loops_with_the_bare_backbone() -> None:
     from training.text_eval import degenerate, missed_targets
 
