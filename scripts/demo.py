@@ -1,6 +1,7 @@
 """Demo: replay a slice of the vendored ml-latest-small through POST /events and show how one user's
 recommendations, favourite genre, a generated review and a chat answer change as new events arrive.
-Exits 1 when a generated text loops or is empty (training/text_metrics.py).
+Exits 1 when a generated text loops, is garbled (symbols, blank-line runs, a column of one-word lines
+that start alike) or is empty (training/text_metrics.py).
 
 Usage (with the stack running, e.g. `make run`):
     .venv/bin/python scripts/demo.py [--url http://127.0.0.1:8000] [--user 414] [--first 15] [--then 25]
@@ -19,7 +20,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.data import load_dataset  # noqa: E402
-from training.text_metrics import has_words, loops  # noqa: E402
+from training.text_metrics import garbled, has_words, loops  # noqa: E402
 
 CHAT_PROMPT = "Suggest a movie for tonight and say why."
 
@@ -101,12 +102,13 @@ def main() -> int:
     for kind in ("review", "chat"):
         same = len({a[kind] for a in answers.values()}) == 1
         print(f"{kind}: {'the same' if same else 'differs'} for cold start and the personalized user")
-    bad = [f"{when} {kind}" for when, texts in answers.items() for kind, text in texts.items()
-           if loops(text) or not has_words(text)]  # fmt: skip
+    bad = [f"{when} {kind}: {'loops' if loops(text) else 'empty' if not has_words(text) else garbled(text)}"
+           for when, texts in answers.items() for kind, text in texts.items()
+           if loops(text) or not has_words(text) or garbled(text)]  # fmt: skip
     if bad:
-        print(f"DEGENERATE TEXT (loops or empty): {', '.join(bad)}", file=sys.stderr)
+        print(f"DEGENERATE TEXT: {'; '.join(bad)}", file=sys.stderr)
         return 1
-    print("every generated text passed the loop check (training/text_metrics.py)")
+    print("every generated text passed the loop and garble checks (training/text_metrics.py)")
     return 0
 
 

@@ -93,3 +93,22 @@ def test_bucket_kl_is_zero_for_equal_distributions_and_positive_otherwise() -> N
     other = logits.roll(1, dims=-1).log_softmax(-1).gather(1, logp.indices)
     assert float(same) == pytest.approx(0.0, abs=1e-6)
     assert float(bucket_kl(logp.values, other)) > 0.01
+
+
+def test_garbled_catches_non_prose_that_does_not_repeat_word_for_word() -> None:
+    from training.text_metrics import garbled
+
+    column = "cueuvent\ncueuvertools\ncueuvorertools\ncueuvaertools\ncueuveertools\ncueuvarertools"
+    symbols = "youuar_3gateventuo...\n```\n**\n(**\n'''\n*\n(*\n•\n#\n###"
+    blanks = "youuaritevorlus(3).1gurlevent_erugL())\n\n\n\n\nmore"
+    assert not loops(column) and not loops(symbols)  # what the loop check alone let through
+    assert garbled(column) == "4 one-word lines in a row starting 'cueu'"
+    assert garbled(symbols) == "mostly symbols"
+    assert garbled(blanks) == "4 blank lines in a row"
+    prose = (
+        "Gladiator is a sweeping epic. Russell Crowe carries it, and the arena scenes still thrill.\n\n"
+        "I'd watch it again: 4.5 out of 5!"
+    )
+    listed = "Three picks for tonight:\n1. Heat (1995)\n2. Fargo (1996)\n3. Alien (1979)\nEnjoy!"
+    bullets = "- The Matrix: mind-bending\n- The Thing: tense\n- The Fly: gross\n- The Birds: eerie"
+    assert garbled(prose) is None and garbled(listed) is None and garbled(bullets) is None

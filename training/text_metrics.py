@@ -7,6 +7,8 @@ MovieLens text tasks.
   same sample: about 0 for ordinary prose, near 1 for a loop such as "this, this, this, ...".
 - `loops`: the verdict the checks use (repeated 4-gram share >= 0.25, or distinct-2 < 0.5 on a sample of
   at least 8 words).
+- `garbled`: text that is no prose without repeating itself word for word: mostly symbols, runs of
+  blank lines, or a column of one-word lines that start alike ("cueuvent / cueuvertools / cueuvorertools").
 - `mentioned_titles`: catalogue titles a generated text names (normalised substring match), for the
   "suggest" task's personalization figures.
 
@@ -25,6 +27,7 @@ __all__ = [
     "LOOP_REPEAT_SHARE",
     "display_title",
     "distinct_n",
+    "garbled",
     "has_words",
     "loops",
     "mentioned_titles",
@@ -76,6 +79,28 @@ def loops(text: str) -> bool:
     if repeated_ngram_share(text) >= LOOP_REPEAT_SHARE:
         return True
     return len(words(text)) >= 8 and distinct_n(text, 2) < LOOP_DISTINCT2
+
+
+GARBLED_SYMBOLS = 0.3  # garbled: more than this share of the non-space characters are not letters/digits
+GARBLED_BLANK_RUN = 4  # ... or this many blank lines in a row
+GARBLED_COLUMN = 4  # ... or this many one-word lines in a row that start alike
+
+
+def garbled(text: str) -> str | None:
+    """Why a text is no prose, or None: the checks `loops` misses when the words do not repeat."""
+    chars = [c for c in text if not c.isspace()]
+    if chars and sum(not c.isalnum() for c in chars) / len(chars) > GARBLED_SYMBOLS:
+        return "mostly symbols"
+    lines = text.split("\n")
+    if any(all(not line.strip() for line in lines[i : i + GARBLED_BLANK_RUN])
+           for i in range(len(lines) - GARBLED_BLANK_RUN + 1)):  # fmt: skip
+        return f"{GARBLED_BLANK_RUN} blank lines in a row"
+    short = [line.strip().lower() for line in lines if line.strip()]
+    for i in range(len(short) - GARBLED_COLUMN + 1):
+        run = short[i : i + GARBLED_COLUMN]
+        if all(len(line) < 30 and " " not in line and line[:4] == run[0][:4] for line in run):
+            return f"{GARBLED_COLUMN} one-word lines in a row starting {run[0][:4]!r}"
+    return None
 
 
 def repetition_summary(texts: Sequence[str]) -> dict[str, float]:
