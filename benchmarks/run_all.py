@@ -95,6 +95,11 @@ RECOMMEND_WHY = (
     "`forward_from_lower`), which caps the 2 cores, shared with client, gateway and Redis, near 60 "
     "requests/s"
 )
+FRESH_TAIL_WHY = (
+    "the median is far under the target; the tail is a probe that waits behind the micro-batch in "
+    "progress and for the CPU the gateway and the client share with the worker (a few dozen probes: "
+    "the p99 is about the slowest one)"
+)
 FRESH_WHY = (
     "the worker shares the 2 cores with the gateway taking the load and the client; at 1,000 events/s "
     "every event is a user update (a sliding-window encode and a compare-and-set), more than it applies "
@@ -164,9 +169,9 @@ def targets(figures: dict[str, Any]) -> str:
         **{"while": "4 generations stream"}), "ratio to idle (p50)", 1.2, ".2f", higher=False,
         why="a score waits for the decode step in progress, and the gateway, the client and the worker "
         "take CPU from the generation server's 2 torch threads on 2 cores")
-    for rate, goal in ((100, 100), (1000, 250)):
+    for rate, goal, why in ((100, 100, FRESH_TAIL_WHY), (1000, 250, FRESH_WHY)):
         add(f"freshness p99 <= {goal} ms at a steady {rate:,} events/s", _row(figures, "stack", 2,
-            **{"events/s offered": rate}), "freshness p99 ms", goal, ",.0f", higher=False, why=FRESH_WHY)
+            **{"events/s offered": rate}), "freshness p99 ms", goal, ",.0f", higher=False, why=why)
     locust = ROOT / "docs" / "loadtest.json"
     if locust.is_file():  # the project's load test: not re-run by this suite, read from its last report
         run = json.loads(locust.read_text())
