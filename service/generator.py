@@ -37,7 +37,7 @@ from service.errors import EngineUnavailable, ItemNotFound, error_responses, ins
 from service.keys import Keys
 from service.redis_conn import create_redis
 from service.request_id import RequestIdMiddleware, request_id
-from service.scheduler import EngineLoop
+from service.scheduler import start_engine_loop
 from service.schemas import (
     SSE_OK,
     GenerateRequest,
@@ -120,14 +120,7 @@ def start_engine(engine: TorchEngine, settings: Settings) -> EngineClient:
         from service.vllm_engine import VllmEngine  # vLLM itself is imported only there, only now
 
         return VllmEngine.start(engine, settings)
-    loop = EngineLoop(
-        engine,
-        max_batch=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
-    )
-    loop.start()
-    return loop
+    return start_engine_loop(engine, settings)
 
 
 async def get_state(request: Request) -> State:

@@ -39,6 +39,7 @@ from service.detokenizer import Detokenizer
 from service.encoding import Encoded
 from service.engine import GenerateJob, GenerateResult, ScoreJob, ScoreResult, TorchEngine
 from service.errors import EngineOverloaded, EngineUnavailable
+from service.settings import Settings
 from service.user_store import StoredEvent
 
 log = logging.getLogger("userllm.scheduler")
@@ -275,3 +276,12 @@ class EngineLoop:
             if e.finished:
                 del self._running[e.key]
                 self._resolve(row.pending, row.text.result(len(row.pending.job.prompt)))
+
+
+def start_engine_loop(engine: TorchEngine, settings: Settings) -> EngineLoop:
+    """An engine loop over `engine` with the settings' batch size, wait and queue bound, started (call
+    on the server's event loop)."""
+    loop = EngineLoop(engine, max_batch=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+                      max_queue=settings.max_queue)  # fmt: skip
+    loop.start()
+    return loop

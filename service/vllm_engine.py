@@ -53,7 +53,7 @@ from service.encoding import Encoded
 from service.engine import TorchEngine
 from service.errors import EngineOverloaded, EngineUnavailable
 from service.jobs import GenerateJob, GenerateResult, ScoreJob, ScoreResult
-from service.scheduler import EngineLoop
+from service.scheduler import EngineLoop, start_engine_loop
 from service.settings import Settings
 from service.user_store import StoredEvent
 
@@ -151,13 +151,7 @@ class VllmEngine:
 
         folder = model_folder(torch_engine, settings)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(torch_engine, settings, folder)))
-        loop = EngineLoop(
-            torch_engine,
-            max_batch=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue,
-        )
-        loop.start()
+        loop = start_engine_loop(torch_engine, settings)
         return cls(torch_engine, loop, llm, max_queue=settings.max_queue)
 
     @property
