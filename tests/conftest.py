@@ -24,6 +24,12 @@ def _generic_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("USERLLM_GENERIC_DIR", str(tmp_path_factory.getbasetemp() / "generic-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _served_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests write their checkpoints as `userllm/`, whatever USERLLM_MODEL the shell serves."""
+    monkeypatch.setenv("USERLLM_MODEL", "userllm")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared 2-core machine it avoids OpenMP thrashing."""

@@ -122,6 +122,7 @@ async def test_events_to_personalized_answers_through_the_stack(settings, runtim
 def test_the_served_model_is_chosen_by_configuration(tmp_path, monkeypatch) -> None:
     from pydantic import ValidationError
 
+    monkeypatch.delenv("USERLLM_MODEL", raising=False)
     assert Settings(checkpoint_dir=tmp_path).userllm_checkpoint == tmp_path / "userllm"
     monkeypatch.setenv("USERLLM_MODEL", "pplug")
     assert Settings(checkpoint_dir=tmp_path).userllm_checkpoint == tmp_path / "pplug"
