@@ -9,7 +9,11 @@ Incremental encoding: `forward` returns an `EncoderState` (per-layer keys/values
 outputs, the key mask and the per-user event count). Passing it back with new events encodes
 only the new events and equals a full recompute while the user's events fit in `window`; past
 that, `forward` raises ValueError and the caller recomputes over the last `window` events.
-Positions come from the mask (count of real events before), so padding never shifts them.
+Positions come from the mask (count of real events before), so padding never shifts them; they enter
+as a learned absolute embedding (the paper's) or as rotary attention (`positions="rotary"`,
+models/rotary.py, relative). `tie_item_head` scores next items through the item input embeddings
+(models/tied_head.py) and `init_std` gives the GPT-2 / SASRec+ initialisation: the variants of the
+recipe `ml-100k-rotary-tied` (training/recipes.py).
 
 Shapes: B users, T new events, Tp cached events, D d_model, H heads, Dh head dim, V feature vocab.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,8 @@ from models.event_embedding import (
     default_features,
     tiny_features,
 )
+from models.rotary import apply_rotary
+from models.tied_head import TiedItemHead
 
 __all__ = [
     "EncoderOutput",
@@ -57,6 +63,11 @@ class UserEncoderConfig:
     n_heads: int = 4  # attention heads H
     window: int = 50  # max events per user (learned positions)
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * D
+    tie_item_head: bool = False  # next-item logits through the item input embedding (models/tied_head.py)
+    positions: Literal["learned", "rotary"] = "learned"  # event positions: a learned absolute embedding
+    # added to the event vectors (the paper's), or rotary in attention (relative: recency; models/rotary.py)
+    init_std: float = 0.0  # > 0: Linear and Embedding weights ~ N(0, init_std), biases 0 (GPT-2 / SASRec+
+    # init, 0.02); 0 = PyTorch's default initialisation
     dropout: float = 0.1  # embedding, attention and residual dropout
 
     def __post_init__(self) -> None:
@@ -68,6 +79,14 @@ class UserEncoderConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         _ = self.embedding  # validates features and fusion
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', got {self.positions!r}")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head dim, got {self.head_dim}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        if self.tie_item_head and not any(f.name == "item" for f in self.features):
+            raise ValueError("tie_item_head needs an 'item' feature")
 
     @property
     def head_dim(self) -> int:
@@ -87,25 +106,32 @@ class UserEncoderConfig:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, *, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, *, dim: int, heads: int, dropout: float, rotary: bool = False) -> None:
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads, self.dropout, self.rotary = heads, dropout, rotary
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
         self.o_proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: Tensor, key_mask: Tensor, past_k: Tensor | None, past_v: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, D), key_mask (B, Tp + T) -> out (B, T, D), k and v (B, H, Tp + T, Dh)."""
+        self, x: Tensor, key_mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None,
+        positions: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """x (B, T, D), key_mask (B, Tp + T) or None (no padding key is visible to a real event),
+        positions (B, T) -> out (B, T, D), k and v (B, H, Tp + T, Dh); keys are cached already rotated."""
         b, t, d = x.shape
         q, k, v = (
             p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
             for p in (self.q_proj, self.k_proj, self.v_proj)
         )  # (B, H, T, Dh)
+        if self.rotary:
+            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
         if past_k is not None and past_v is not None:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, Tp + T, Dh)
         p = self.dropout if self.training else 0.0
-        out = attention(q, k, v, key_mask=key_mask, causal=True, dropout_p=p)  # (B, H, T, Dh)
+        if key_mask is None:  # no cache, right padding: causality alone hides the padding (see forward)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, Dh)
+        else:
+            out = attention(q, k, v, key_mask=key_mask, causal=True, dropout_p=p)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d)), k, v  # (B, T, D)
 
 
@@ -114,15 +140,18 @@ class Block(nn.Module):
         super().__init__()
         d = config.d_model
         self.attn_norm, self.mlp_norm = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = SelfAttention(dim=d, heads=config.n_heads, dropout=config.dropout)
+        self.attn = SelfAttention(
+            dim=d, heads=config.n_heads, dropout=config.dropout, rotary=config.positions == "rotary"
+        )
         h = config.mlp_ratio * d
         self.mlp = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d))
         self.drop = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, key_mask: Tensor, past_k: Tensor | None, past_v: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        a, k, v = self.attn(self.attn_norm(x), key_mask, past_k, past_v)
+        self, x: Tensor, key_mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None,
+        positions: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        a, k, v = self.attn(self.attn_norm(x), key_mask, past_k, past_v, positions)
         x = x + self.drop(a)
         return x + self.drop(self.mlp(self.mlp_norm(x))), k, v  # (B, T, D)
 
@@ -137,11 +166,25 @@ class UserEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.embed = EventEmbedding(config.embedding)
-        self.pos_emb = nn.Embedding(config.window, config.d_model)
+        self.pos_emb = nn.Embedding(config.window, config.d_model) if config.positions == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.heads = nn.ModuleDict({f.name: nn.Linear(config.d_model, f.vocab_size) for f in config.features})
+        if config.tie_item_head:
+            self.heads["item"] = TiedItemHead(self.embed.embeddings["item"].embed, config.d_model)
+        if config.init_std > 0:
+            self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 style (also SASRec+'s): N(0, init_std) weights, zero biases and padding rows."""
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
 
     def forward(
         self, features: Mapping[str, Tensor], mask: Tensor, past: EncoderState | None = None
@@ -172,12 +215,20 @@ class UserEncoder(nn.Module):
             )
         seen = n_past[:, None] + mask.long().cumsum(dim=1)  # (B, T) real events up to and including t
         positions = (seen - 1).clamp(0, self.config.window - 1)  # (B, T)
-        x = self.drop(self.embed(features) + self.pos_emb(positions))  # (B, T, D)
+        x = self.embed(features)  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
         key_mask = mask if past is None else torch.cat([past.key_mask, mask], dim=1)  # (B, Tp + T)
+        # Without a cache and with right padding, causality alone keeps every padding key away from
+        # every real event: attention then runs unmasked, on SDPA's fused causal kernel (pretraining's
+        # case; the outputs at padding differ and are zeroed below).
+        right_padded = past is None and not bool((mask[:, 1:] & ~mask[:, :-1]).any())
+        attend = None if right_padded else key_mask
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             past_kv = (past.keys[i], past.values[i]) if past is not None else (None, None)
-            x, k, v = block(x, key_mask, *past_kv)
+            x, k, v = block(x, attend, *past_kv, positions)
             keys.append(k)
             values.append(v)
         hidden = self.norm(x) * mask[..., None].to(x.dtype)  # (B, T, D)
@@ -204,25 +255,40 @@ class UserEncoder(nn.Module):
         The counts let a data-parallel trainer weight each process's part of a batch by the events
         it predicts; a feature with no target in the batch has loss 0.
         """
-        hidden = self(features, mask).hidden[:, :-1]  # (B, T - 1, D)
-        valid = mask[:, :-1] & mask[:, 1:]  # (B, T - 1)
+        valid = mask[:, :-1] & mask[:, 1:]  # (B, T - 1): event t and its successor are real
+        hidden = self(features, mask).hidden[:, :-1][valid]  # (N, D): only predicted events hit the heads
         losses = {}
         for f in self.config.features:
-            target = features[f.name][:, 1:]  # (B, T - 1) or (B, T - 1, K)
-            logp = self.heads[f.name](hidden).float().log_softmax(dim=-1)  # (B, T - 1, V)
+            target = features[f.name][:, 1:][valid]  # (N,) or (N, K)
+            logp = self.heads[f.name](hidden).float().log_softmax(dim=-1)  # (N, V)
             if f.multi_valued:
-                soft = torch.zeros_like(logp).scatter_(-1, target, 1.0)  # (B, T - 1, V)
+                soft = torch.zeros_like(logp).scatter_(-1, target, 1.0)  # (N, V)
                 soft[..., 0] = 0.0
-                count = soft.sum(dim=-1)  # (B, T - 1)
-                ok = valid & (count > 0)
+                count = soft.sum(dim=-1)  # (N,)
+                ok = count > 0
                 per_event = -(soft * logp).sum(dim=-1) / count.clamp(min=1)
             else:
-                ok = valid & (target != 0)
-                per_event = F.nll_loss(logp.transpose(1, 2), target, reduction="none")  # (B, T - 1)
+                ok = target != 0
+                per_event = F.nll_loss(logp, target, reduction="none")  # (N,)
             predicted = ok.sum()
             losses[f.name] = ((per_event * ok).sum() / predicted.clamp(min=1), predicted)
         return losses
 
-    def pretrain_loss(self, features: Mapping[str, Tensor], mask: Tensor) -> Tensor:
-        """Mean over features of the next-event cross-entropies (a scalar)."""
-        return torch.stack(list(self.pretrain_losses(features, mask).values())).mean()
+    def pretrain_loss(
+        self, features: Mapping[str, Tensor], mask: Tensor, *, side_weight: float = 1.0
+    ) -> Tensor:
+        """Weighted mean over features of the next-event cross-entropies (a scalar); see `feature_weights`."""
+        losses = self.pretrain_losses(features, mask)
+        weights = self.feature_weights(side_weight).to(mask.device)
+        return (torch.stack(list(losses.values())) * weights).sum()
+
+    def feature_weights(self, side_weight: float = 1.0) -> Tensor:
+        """(F,) weights of the per-feature losses, in `config.features` order, summing to 1: the item
+        loss weighs 1 and every side feature (category, rating, ...) `side_weight`. 1 = the paper's plain
+        mean; 0 = the item loss alone (SASRec-style next-item training)."""
+        if side_weight < 0:
+            raise ValueError(f"side_weight must be >= 0, got {side_weight}")
+        raw = torch.tensor([1.0 if f.name == "item" else side_weight for f in self.config.features])
+        if float(raw.sum()) == 0:
+            raise ValueError("side_weight 0 leaves no loss: the encoder has no item feature")
+        return raw / raw.sum()

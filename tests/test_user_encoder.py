@@ -46,8 +46,9 @@ def test_shapes(fusion: str) -> None:
     assert {k: v.shape[-1] for k, v in logits.items()} == {"item": 99, "category": 12, "rating": 8}
 
 
-def test_incremental_equals_full_recompute() -> None:
-    model = _model()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_incremental_equals_full_recompute(positions: str) -> None:
+    model = _model(positions=positions)
     h = _history(16, 3)  # fills the whole window (16)
     full, _ = _encode(model, [h])
     first, _ = _encode(model, [_slice(h, 0, 5)])
@@ -61,8 +62,9 @@ def test_incremental_equals_full_recompute() -> None:
         _encode(model, [_slice(h, 0, 1)], past=third.past)
 
 
-def test_batched_incremental_with_ragged_users_equals_singles() -> None:
-    model = _model()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_batched_incremental_with_ragged_users_equals_singles(positions: str) -> None:
+    model = _model(positions=positions)
     hs = [_history(n, 10 + n) for n in (9, 3, 12)]
     splits = (4, 1, 7)
     first, _ = _encode(model, [_slice(h, 0, s) for h, s in zip(hs, splits, strict=True)])
@@ -78,8 +80,9 @@ def test_batched_incremental_with_ragged_users_equals_singles() -> None:
         assert int(user.n_events) == len(h["item"])
 
 
-def test_batch_equals_single_calls() -> None:
-    model = _model()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_batch_equals_single_calls(positions: str) -> None:
+    model = _model(positions=positions)
     hs = [_history(n, 20 + n) for n in (5, 11, 1)]
     batch, _ = _encode(model, hs)
     for b, h in enumerate(hs):
@@ -141,6 +144,25 @@ def test_multi_valued_soft_label_loss() -> None:
     assert_close(losses["category"], expected / max(n, 1))
 
 
+def test_pretrain_losses_equal_a_per_position_reference_on_padded_batches() -> None:
+    """The heads run on the predicted events only; the losses equal the mean over every (user, t) whose
+    event t and t + 1 are real, computed position by position from the full hidden states."""
+    torch.manual_seed(0)
+    model = UserEncoder(UserEncoderConfig.tiny()).eval()
+    feats, mask = _synthetic_batch()
+    losses = model.pretrain_losses(feats, mask)
+    hidden = model(feats, mask).hidden  # (B, T, D)
+    for name in ("item", "rating"):
+        logp = model.next_event_logits(hidden)[name].log_softmax(-1)  # (B, T, V)
+        terms = [
+            -logp[b, t, feats[name][b, t + 1]]
+            for b in range(mask.shape[0])
+            for t in range(mask.shape[1] - 1)
+            if mask[b, t] and mask[b, t + 1]
+        ]
+        assert_close(losses[name], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+
+
 def test_config_invariants() -> None:
     with pytest.raises(ValueError):
         UserEncoderConfig.tiny(n_heads=5)
@@ -159,3 +181,49 @@ def test_config_invariants() -> None:
         0.1,
     )
     assert UserEncoderConfig(**asdict(config)) == config
+
+
+def test_rotary_attention_depends_on_relative_positions_only() -> None:
+    """Shifting every position by the same offset leaves rotary attention scores unchanged."""
+    from models.rotary import apply_rotary
+
+    q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    pos = torch.arange(5).repeat(2, 1)
+    scores = apply_rotary(q, pos) @ apply_rotary(k, pos).transpose(-1, -2)
+    shifted = apply_rotary(q, pos + 37) @ apply_rotary(k, pos + 37).transpose(-1, -2)
+    assert_close(shifted, scores, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(apply_rotary(q, pos + 1), q)
+    model = _model(positions="rotary")
+    assert model.pos_emb is None and not any("pos_emb" in k for k in model.state_dict())
+
+
+def test_tied_item_head_scores_through_the_input_embeddings() -> None:
+    torch.manual_seed(0)
+    model = UserEncoder(UserEncoderConfig.tiny(tie_item_head=True, init_std=0.02)).eval()
+    head, table = model.heads["item"], model.embed.embeddings["item"].embed
+    hidden = torch.randn(3, 5, model.config.d_model)
+    expected = (hidden @ head.proj.weight.T) @ table.weight.T + head.bias  # (3, 5, V)
+    assert_close(model.next_event_logits(hidden)["item"], expected)
+    assert_close(torch.nn.functional.linear(hidden, head.weight, head.bias), expected, rtol=1e-5, atol=1e-6)
+    # the table is saved once, under the event embedding; a strict reload restores the same scores
+    assert not any(k.startswith("heads.item.table") for k in model.state_dict())
+    again = UserEncoder(model.config).eval()
+    again.load_state_dict(model.state_dict(), strict=True)
+    assert_close(again.next_event_logits(hidden)["item"], expected)
+    # training the input embedding moves the output scores
+    before = model.next_event_logits(hidden)["item"].detach().clone()
+    with torch.no_grad():
+        table.weight.add_(0.1)
+    assert not torch.allclose(model.next_event_logits(hidden)["item"], before)
+
+
+def test_init_std_draws_small_weights_and_keeps_padding_rows_zero() -> None:
+    torch.manual_seed(0)
+    model = UserEncoder(UserEncoderConfig.tiny(init_std=0.02))
+    table = model.embed.embeddings["item"].embed.weight
+    assert 0.015 < float(table[1:].std()) < 0.025 and float(table[0].abs().max()) == 0.0
+    assert float(model.blocks[0].attn.q_proj.bias.abs().max()) == 0.0
+    default = UserEncoder(UserEncoderConfig.tiny())  # PyTorch's init: N(0, 1) embeddings
+    assert float(default.embed.embeddings["item"].embed.weight[1:].std()) > 0.5
+    with pytest.raises(ValueError, match="init_std"):
+        UserEncoderConfig.tiny(init_std=-1.0)
