@@ -157,3 +157,57 @@ def test_log_lines_reach_a_redirected_stdout_while_the_run_goes_on(tmp_path: Pat
         assert proc.stdout.readline().startswith("iter 1 | loss 2.5000")
     finally:
         proc.communicate("\n", timeout=30)
+
+
+def test_side_loss_weight_zero_trains_the_item_loss_alone() -> None:
+    torch.manual_seed(0)
+    encoder = UserEncoder(UserEncoderConfig.tiny())
+    names = [f.name for f in encoder.config.features]
+    assert encoder.feature_weights(1.0).tolist() == pytest.approx([1 / len(names)] * len(names))
+    weights = dict(zip(names, encoder.feature_weights(0.25).tolist(), strict=True))
+    assert weights["item"] == pytest.approx(4 * weights["category"])
+    assert sum(weights.values()) == pytest.approx(1)
+    feats = {f.name: torch.randint(2, f.vocab_size, (2, 6)) for f in encoder.config.features}
+    feats["category"] = torch.randint(2, 5, (2, 6, 2))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    with torch.no_grad():
+        losses = encoder.pretrain_losses(feats, mask)
+        item_only = encoder.pretrain_loss(feats, mask, side_weight=0.0)
+        mean = encoder.pretrain_loss(feats, mask)
+    assert float(item_only) == pytest.approx(float(losses["item"]))
+    assert float(mean) == pytest.approx(float(torch.stack([*losses.values()]).mean()))
+    with pytest.raises(ValueError, match="side_weight"):
+        encoder.feature_weights(-1.0)
+
+
+def test_select_by_ndcg_keeps_the_best_ranking_checkpoint(tmp_path: Path) -> None:
+    cfg = TrainConfig.tiny(
+        out_dir=str(tmp_path / "encoder"), run_dir=str(tmp_path / "run"), select_by="ndcg",
+        side_loss_weight=0.0, steps=6, eval_interval=2,
+    )  # fmt: skip
+    main(cfg)
+    validated = [r for r in _log(tmp_path / "run") if "val_x_ndcg@10" in r]
+    assert [r["iter"] for r in validated] == [2, 4, 6]
+    for r in validated:  # "val" is minus the NDCG excluding history; the loss is logged beside it
+        assert r["val"] == pytest.approx(-r["val_x_ndcg@10"]) and r["val_loss"] > 0
+        assert r["val_x_recall@10"] >= 0 and r["val_recall@10"] >= 0
+    best = min(validated, key=lambda r: (r["val"], r["iter"]))  # the first of equal values is kept
+    assert load_checkpoint(cfg.out_dir).manifest["step"] == best["iter"]
+
+
+def test_rotary_tied_encoder_trains_saves_and_reloads(tmp_path: Path) -> None:
+    """The options of the recipe ml-100k-rotary-tied reach the saved encoder, which reloads strictly and
+    scores as it did in training (tied head and rotary attention included)."""
+    from training.evaluate import load_encoder
+
+    cfg = TrainConfig.tiny(
+        out_dir=str(tmp_path / "encoder"), run_dir=str(tmp_path / "run"), positions="rotary",
+        tie_item_head=True, init_std=0.02,
+    )  # fmt: skip
+    main(cfg)
+    encoder, _, ck = load_encoder(cfg.out_dir)
+    assert ck.config["encoder"]["positions"] == "rotary" and ck.config["encoder"]["tie_item_head"]
+    assert encoder.pos_emb is None and type(encoder.heads["item"]).__name__ == "TiedItemHead"
+    last = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
+    load_state_strict(last, load_checkpoint(Path(cfg.resolved_run_dir) / "last").state_dict)
+    assert last.heads["item"].weight.shape == (encoder.config.features[0].vocab_size, encoder.config.d_model)

@@ -69,6 +69,10 @@ class TrainConfig:
     max_users: int = 0  # keep only the first N users (0 = all); for smoke tests and quick runs
     window: int = 50  # events per training window = encoder positions (paper: 50)
     stride: int = 50  # step between training windows of one user's history
+    side_loss_weight: float = 1.0  # pretrain-encoder: weight of each side feature's next-event loss
+    # (category, rating, length) against the item loss's 1: 1 = the paper's mean over features, 0 = item only
+    select_by: Literal["loss", "ndcg"] = "loss"  # pretrain-encoder: the checkpoint kept, lowest validation
+    # loss or highest validation NDCG@10 excluding the history (what `/recommend` serves; SASRec+'s choice)
     # output
     out_dir: str = "checkpoints/encoder"  # checkpoint directory (best validation weights)
     run_dir: str | None = None  # log.jsonl, trainer_state.pt, last/; None = default_run_dir(out_dir)
@@ -96,6 +100,11 @@ class TrainConfig:
     d_model: int = 128  # encoder width D
     n_layers: int = 6  # Transformer blocks
     n_heads: int = 4  # attention heads
+    mlp_ratio: int = 4  # Transformer MLP width = mlp_ratio * d_model (SASRec's point-wise FFN: 1)
+    tie_item_head: bool = False  # next-item logits through the item input embeddings (SASRec's sharing)
+    positions: Literal["learned", "rotary"] = "learned"  # encoder positions: learned absolute, or rotary
+    # (relative, recency-aware; the key/value cache stays valid)
+    init_std: float = 0.0  # > 0: encoder weights ~ N(0, init_std) (GPT-2 / SASRec+: 0.02); 0 = PyTorch's
     dropout: float = 0.2  # embedding, attention and residual dropout
     fusion: Literal["early", "late"] = "early"  # event feature fusion (models/event_embedding.py)
     item_dim: int = 64  # item id embedding width
@@ -106,7 +115,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("window", "stride", "batch_size", "log_interval", "eval_interval", "save_interval")
-        for name in (*positive, "d_model", "n_layers", "n_heads", "item_dim", "category_dim", "rating_dim"):
+        for name in (*positive, "d_model", "n_layers", "n_heads", "mlp_ratio", "item_dim", "category_dim",
+                     "rating_dim"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps < 1 and self.epochs <= 0:
@@ -115,6 +125,8 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.warmup < 0 or self.max_users < 0 or self.eval_users < 0 or self.length_dim < 0:
             raise ConfigError("warmup, max_users, eval_users and length_dim must be >= 0")
+        if self.side_loss_weight < 0:
+            raise ConfigError(f"side_loss_weight must be >= 0, got {self.side_loss_weight}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
 

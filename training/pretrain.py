@@ -2,9 +2,13 @@
 
 USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598) Sec. 3.1: the autoregressive encoder reads
 windows of 50 events and is trained with the mean of the per-feature next-event cross-entropies
-(`UserEncoder.pretrain_loss`). Windows come from the TRAIN part of the leave-last-out split, so the
-validation and test targets are never seen. Validation = the same loss at the held-out validation
-event (history -> target), plus its full-ranking Recall@10.
+(`UserEncoder.pretrain_loss`); `side_loss_weight` weighs the side features against the item loss
+(0 = item loss only, as SASRec+ trains), `window` sets the history length, and `positions`,
+`tie_item_head`, `init_std` choose the encoder's variants (recipe `ml-100k-rotary-tied`, docs/results.md
+"Encoders"). Windows come from the TRAIN part of the leave-last-out split, so the validation and test
+targets are never seen; every position of a window predicts its next event. Validation = the same loss
+at the held-out validation event (history -> target), plus its full-ranking Recall@10 / NDCG@10 over
+all items and excluding the history; `select_by` keeps the checkpoint of the best loss or NDCG.
 
 Reads top to bottom like nanoGPT `train.py`; split into `main -> fit -> validate` like litgpt.
 Under `torchrun` each rank trains on its shard of every global batch (training/distributed.py) and
@@ -20,7 +24,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +40,10 @@ from training.config import TrainConfig, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus
 from training.data import Vocab, encode_events, sliding_windows
 from training.distributed import barrier, gather, parallel_step, setup, shard, shard_mean, teardown, world
-from training.metrics import ranking_metrics, target_ranks
+from training.metrics import ranking_metrics, seen_mask, target_ranks
 from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
 
-__all__ = ["encoder_config", "last_event_losses", "main", "save_encoder", "validate"]
-
-Batch = tuple[dict[str, Tensor], Tensor]
+__all__ = ["ValidationBatch", "encoder_config", "last_event_losses", "main", "save_encoder", "validate"]
 
 
 # --- helpers ---
@@ -57,7 +59,8 @@ def encoder_config(cfg: TrainConfig, vocabs: dict[str, Vocab]) -> UserEncoderCon
     )
     return UserEncoderConfig(
         features=features, fusion=cfg.fusion, d_model=cfg.d_model, n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads, window=cfg.window, dropout=cfg.dropout,
+        n_heads=cfg.n_heads, window=cfg.window, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
+        tie_item_head=cfg.tie_item_head, init_std=cfg.init_std, positions=cfg.positions,
     )  # fmt: skip
 
 
@@ -70,12 +73,13 @@ def batch_order(step: int, num: int, batch_size: int, seed: int) -> list[int]:
 
 
 def last_event_losses(
-    encoder: UserEncoder, features: dict[str, Tensor], mask: Tensor
+    encoder: UserEncoder, features: dict[str, Tensor], mask: Tensor, *, side_weight: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Next-event loss at the LAST real event only (its history predicts it).
 
     Returns:
-        loss: (B,) mean over features of the cross-entropies; item_logits: (B, V) scores of the target.
+        loss: (B,) the features' cross-entropies weighted by `UserEncoder.feature_weights(side_weight)`;
+        item_logits: (B, V) scores of the target.
     """
     n = mask.sum(dim=1)  # (B,) events incl. the target
     rows = torch.arange(mask.shape[0], device=mask.device)
@@ -95,42 +99,67 @@ def last_event_losses(
         else:
             loss = F.nll_loss(logp, target, reduction="none")
         losses.append(loss)
-    return torch.stack(losses).mean(dim=0), logits["item"][:, 0]
+    weights = encoder.feature_weights(side_weight).to(mask.device)[:, None]  # (F, 1)
+    return (torch.stack(losses) * weights).sum(dim=0), logits["item"][:, 0]
 
 
-def validation_batches(corpus: Corpus, cfg: TrainConfig) -> list[tuple[Batch, Tensor]]:
-    """Validation examples as (history[-(window-1):] + target) batches with their target ids."""
+@dataclass(frozen=True)
+class ValidationBatch:
+    """Validation examples as (history[-(window-1):] + target) windows, their target item ids and the
+    items of each user's whole history (excluded from the second ranking, as `evaluate` does)."""
+
+    features: dict[str, Tensor]
+    mask: Tensor  # (B, window) bool
+    targets: Tensor  # (B,) item ids
+    histories: list[list[int]]  # item ids of each user's whole history
+
+
+def validation_batches(corpus: Corpus, cfg: TrainConfig) -> list[ValidationBatch]:
+    """The validation users (the first `eval_users`, 0 = all) in batches of 256."""
     examples = corpus.splits.valid[: cfg.eval_users or None]
+    item_vocab = corpus.vocabs["item"]
     out = []
     for i in range(0, len(examples), 256):
         chunk = examples[i : i + 256]
         seqs = [encode_events([*ex.history[-(cfg.window - 1) :], ex.target], corpus.vocabs) for ex in chunk]
         features, mask = collate_events(seqs, max_len=cfg.window)
         targets = torch.tensor([s["item"][-1] for s in seqs])
-        out.append(((features, mask), targets))
+        histories = [[item_vocab.encode(e.item) for e in ex.history] for ex in chunk]
+        out.append(ValidationBatch(features, mask, targets, histories))
     return out
 
 
 @torch.no_grad()
-def validate(encoder: UserEncoder, batches: Sequence[tuple[Batch, Tensor]]) -> dict[str, float]:
-    """Mean next-event loss at the held-out event and its full-ranking Recall@10 / NDCG@10. Several
-    ranks: rank r scores batches r, r + N, ...; every rank gets the figures of all batches."""
+def validate(
+    encoder: UserEncoder, batches: Sequence[ValidationBatch], *, side_weight: float = 1.0,
+    select_by: str = "loss",
+) -> dict[str, float]:  # fmt: skip
+    """The next-event loss at the held-out event and its full-ranking Recall@10 / NDCG@10, over all
+    items (`val_recall@10`) and excluding the user's history (`val_x_recall@10`). "val" is the loss, or
+    minus the NDCG@10 excluding history with `select_by="ndcg"` (the training loop keeps the lowest).
+    Several ranks: rank r scores batches r, r + N, ...; every rank gets the figures of all batches."""
     encoder.eval()
     device = next(encoder.parameters()).device
     mine = []
     for i in range(world().rank, len(batches), world().size):
-        (features, mask), targets = batches[i]
-        loss, item_logits = last_event_losses(
-            encoder, {k: v.to(device) for k, v in features.items()}, mask.to(device)
-        )
-        mine.append((i, loss.cpu(), target_ranks(item_logits, targets).cpu()))
+        b = batches[i]
+        features = {k: v.to(device) for k, v in b.features.items()}
+        loss, logits = last_event_losses(encoder, features, b.mask.to(device), side_weight=side_weight)
+        seen = seen_mask(b.histories, logits.shape[1])
+        ranks = (target_ranks(logits, b.targets).cpu(), target_ranks(logits, b.targets, seen).cpu())
+        mine.append((i, loss.cpu(), *ranks))
     encoder.train()
     scored = sorted((part for parts in gather(mine) for part in parts), key=lambda part: part[0])
-    losses, ranks = [loss for _, loss, _ in scored], [r for _, _, r in scored]
-    if not losses:
+    if not scored:
         return {"val": float("nan")}
-    metrics = ranking_metrics(torch.cat(ranks), ks=(10,))
-    return {"val": float(torch.cat(losses).mean()), **{f"val_{k}": v for k, v in metrics.items()}}
+    loss = float(torch.cat([part[1] for part in scored]).mean())
+    every = ranking_metrics(torch.cat([part[2] for part in scored]), ks=(10,))
+    unseen = ranking_metrics(torch.cat([part[3] for part in scored]), ks=(10,))
+    val = -unseen["ndcg@10"] if select_by == "ndcg" else loss
+    return {
+        "val": val, "val_loss": loss, **{f"val_{k}": v for k, v in every.items()},
+        **{f"val_x_{k}": v for k, v in unseen.items()},
+    }  # fmt: skip
 
 
 def save_encoder(
@@ -169,6 +198,7 @@ def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[di
              f"{len(windows):,} windows, steps {start.step} -> {total}")  # fmt: skip
     encoder.train()
     device = world().device
+    weights = encoder.feature_weights(cfg.side_loss_weight).to(device)  # (F,)
 
     def loss_at(step: int) -> tuple[Tensor, dict[str, Any]]:
         """The mean over features of each feature's mean over the global batch's predicted events."""
@@ -176,11 +206,13 @@ def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[di
         features, mask = collate_events(part, max_len=cfg.window)
         terms = encoder.pretrain_loss_terms({k: v.to(device) for k, v in features.items()}, mask.to(device))
         means, counts = (torch.stack(t) for t in zip(*terms.values(), strict=True))
-        return shard_mean(means, counts).mean(), {}
+        return (shard_mean(means, counts) * weights).sum(), {}
 
     return fit_loop(
         cfg, total=total, start=start, optimizer=optimizer, params=list(encoder.parameters()), log=log,
-        loss_at=parallel_step(encoder, loss_at), validate=lambda: validate(encoder, val_batches),
+        loss_at=parallel_step(encoder, loss_at), validate=lambda: validate(
+            encoder, val_batches, side_weight=cfg.side_loss_weight, select_by=cfg.select_by
+        ),
         save_best=lambda step, val: save_encoder(cfg.out_dir, encoder, corpus, cfg, step=step, best_val=val),
         save_last=lambda step: save_encoder(run_dir / LAST, encoder, corpus, cfg, step=step),
     )  # fmt: skip

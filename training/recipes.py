@@ -86,6 +86,13 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                     last_event_token=True, new_lr_mult=3.0, lr=6e-4, min_lr=6e-5)),
         Recipe("pretrain-encoder", "ml-100k", "2-layer encoder on ML-100K (docs/results.md)",
                dict(_ML100K, n_layers=2, epochs=60, batch_size=128)),
+        Recipe("pretrain-encoder", "ml-100k-rotary-tied",
+               "2-layer encoder on ML-100K: rotary positions, item head tied to the item embeddings, "
+               "N(0, 0.02) "
+               "init, kept at the best validation NDCG@10 excluding history (docs/results.md)",
+               dict(_ML100K, n_layers=2, epochs=30, batch_size=128, warmup=50, positions="rotary",
+                    tie_item_head=True, init_std=0.02, select_by="ndcg", eval_interval=38, log_interval=38,
+                    save_interval=190)),
         Recipe("finetune", "ml-100k-next-item", "single-task USER-LLM on ML-100K: R@10 0.089 / 0.135",
                dict(_USERLLM, **_ML100K, tasks="next_item", steps=1200, batch_size=32, warmup=50,
                     eval_interval=200, eval_users=0)),

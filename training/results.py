@@ -151,7 +151,8 @@ def plot_log(log_path: str | Path, out_path: str | Path, title: str) -> Path:
     ax.plot([r["iter"] for r in records], [r["loss"] for r in records], label="train loss")
     # validation points: the records of the steps that validated (other records repeat the last value)
     validated = [r for r in records if any(k.startswith("val_") for k in r)] or records
-    vals = [(r["iter"], r["val"]) for r in validated if r.get("val") is not None]
+    # "val_loss" where "val" is another selection figure (pretrain-encoder --select_by=ndcg)
+    vals = [(r["iter"], r.get("val_loss", r["val"])) for r in validated if r.get("val") is not None]
     if vals:
         ax.plot(*zip(*vals, strict=True), marker="o", label="val loss (held-out event)")
     ax.set_xlabel("step")
