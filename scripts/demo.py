@@ -25,17 +25,30 @@ from training.text_metrics import garbled, has_words, loops  # noqa: E402
 CHAT_PROMPT = "Suggest a movie for tonight and say why."
 
 
+def post(client: httpx.Client, path: str, body: dict) -> dict:
+    """POST and return the JSON answer; waits up to 120 s while the stack answers 503 (the generation
+    server still loading after `make run`), and exits with the status and body on any other error."""
+    for attempt in range(240):
+        resp = client.post(path, json=body)
+        if resp.status_code != 503:
+            break
+        if attempt == 0:
+            print(f"POST {path}: 503, waiting for the stack to be ready ...", file=sys.stderr)
+        time.sleep(0.5)
+    if resp.status_code != 200:
+        raise SystemExit(f"POST {path} answered {resp.status_code}: {resp.text[:500]}")
+    return resp.json()
+
+
 def show(
     client: httpx.Client, user: str, review_item: str, titles: dict[str, str], label: str
 ) -> tuple[list[str], dict[str, str]]:
     """Print what the user gets; return the recommended item ids and the generated texts."""
-    rec = client.post("/recommend", json={"user_id": user, "k": 5, "exclude_seen": True}).json()
-    genre = client.post("/generate", json={"user_id": user, "task": "genre"}).json()
+    rec = post(client, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+    genre = post(client, "/generate", {"user_id": user, "task": "genre"})
     common = {"user_id": user, "max_new_tokens": 48, "temperature": 0}
-    review = client.post(
-        "/generate", json={**common, "task": "review", "item_id": review_item, "rating": 4.5}
-    ).json()
-    chat = client.post("/generate", json={**common, "task": "chat", "prompt": CHAT_PROMPT}).json()
+    review = post(client, "/generate", {**common, "task": "review", "item_id": review_item, "rating": 4.5})
+    chat = post(client, "/generate", {**common, "task": "chat", "prompt": CHAT_PROMPT})
     print(f"\n=== {label} (personalized={rec['personalized']}, model_version={rec['model_version']}) ===")
     for item in rec["items"]:
         print(f"  {item['rank']}. {item['title']}  (score {item['score']:.3f})")
