@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["apply_rotary"]
+__all__ = ["apply_rotary", "rotary_cos_sin"]
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -24,13 +24,18 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def apply_rotary(x: Tensor, positions: Tensor, base: float = 10_000.0) -> Tensor:
-    """x (B, H, T, Dh) rotated by positions (B, T) long; Dh must be even."""
-    dim = x.shape[-1]
+def rotary_cos_sin(
+    positions: Tensor, dim: int, dtype: torch.dtype, base: float = 10_000.0
+) -> tuple[Tensor, Tensor]:
+    """positions (B, T) long -> cos, sin (B, 1, T, dim), computed once per forward for every layer."""
     if dim % 2:
         raise ValueError(f"rotary embedding needs an even head dim, got {dim}")
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)  # (Dh/2,)
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, Dh/2)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, Dh)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, dim/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, dim)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, T, Dh) rotated by the angles of `rotary_cos_sin` (B, 1, T, Dh)."""
     return x * cos + _rotate_half(x) * sin

@@ -39,7 +39,7 @@ from models.event_embedding import (
     default_features,
     tiny_features,
 )
-from models.rotary import apply_rotary
+from models.rotary import apply_rotary, rotary_cos_sin
 from models.tied_head import TiedItemHead
 
 __all__ = [
@@ -106,25 +106,26 @@ class UserEncoderConfig:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, *, dim: int, heads: int, dropout: float, rotary: bool = False) -> None:
+    def __init__(self, *, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.dropout, self.rotary = heads, dropout, rotary
+        self.heads, self.dropout = heads, dropout
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
         self.o_proj = nn.Linear(dim, dim)
 
     def forward(
         self, x: Tensor, key_mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None,
-        positions: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """x (B, T, D), key_mask (B, Tp + T) or None (no padding key is visible to a real event),
-        positions (B, T) -> out (B, T, D), k and v (B, H, Tp + T, Dh); keys are cached already rotated."""
+        """x (B, T, D), key_mask (B, Tp + T) or None (no padding key is visible to a real event), rope
+        the new events' rotary (cos, sin) or None -> out (B, T, D), k and v (B, H, Tp + T, Dh); keys are
+        cached already rotated."""
         b, t, d = x.shape
         q, k, v = (
             p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
             for p in (self.q_proj, self.k_proj, self.v_proj)
         )  # (B, H, T, Dh)
-        if self.rotary:
-            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if past_k is not None and past_v is not None:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, Tp + T, Dh)
         p = self.dropout if self.training else 0.0
@@ -140,18 +141,16 @@ class Block(nn.Module):
         super().__init__()
         d = config.d_model
         self.attn_norm, self.mlp_norm = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = SelfAttention(
-            dim=d, heads=config.n_heads, dropout=config.dropout, rotary=config.positions == "rotary"
-        )
+        self.attn = SelfAttention(dim=d, heads=config.n_heads, dropout=config.dropout)
         h = config.mlp_ratio * d
         self.mlp = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d))
         self.drop = nn.Dropout(config.dropout)
 
     def forward(
         self, x: Tensor, key_mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None,
-        positions: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        a, k, v = self.attn(self.attn_norm(x), key_mask, past_k, past_v, positions)
+        a, k, v = self.attn(self.attn_norm(x), key_mask, past_k, past_v, rope)
         x = x + self.drop(a)
         return x + self.drop(self.mlp(self.mlp_norm(x))), k, v  # (B, T, D)
 
@@ -216,8 +215,11 @@ class UserEncoder(nn.Module):
         seen = n_past[:, None] + mask.long().cumsum(dim=1)  # (B, T) real events up to and including t
         positions = (seen - 1).clamp(0, self.config.window - 1)  # (B, T)
         x = self.embed(features)  # (B, T, D)
+        rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
+        else:
+            rope = rotary_cos_sin(positions, self.config.head_dim, x.dtype)  # (B, 1, T, Dh) each
         x = self.drop(x)
         key_mask = mask if past is None else torch.cat([past.key_mask, mask], dim=1)  # (B, Tp + T)
         # Without a cache and with right padding, causality alone keeps every padding key away from
@@ -228,7 +230,7 @@ class UserEncoder(nn.Module):
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             past_kv = (past.keys[i], past.values[i]) if past is not None else (None, None)
-            x, k, v = block(x, attend, *past_kv, positions)
+            x, k, v = block(x, attend, *past_kv, rope)
             keys.append(k)
             values.append(v)
         hidden = self.norm(x) * mask[..., None].to(x.dtype)  # (B, T, D)

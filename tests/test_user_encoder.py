@@ -185,14 +185,17 @@ def test_config_invariants() -> None:
 
 def test_rotary_attention_depends_on_relative_positions_only() -> None:
     """Shifting every position by the same offset leaves rotary attention scores unchanged."""
-    from models.rotary import apply_rotary
+    from models.rotary import apply_rotary, rotary_cos_sin
+
+    def rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return apply_rotary(x, *rotary_cos_sin(pos, x.shape[-1], x.dtype))
 
     q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
     pos = torch.arange(5).repeat(2, 1)
-    scores = apply_rotary(q, pos) @ apply_rotary(k, pos).transpose(-1, -2)
-    shifted = apply_rotary(q, pos + 37) @ apply_rotary(k, pos + 37).transpose(-1, -2)
+    scores = rotate(q, pos) @ rotate(k, pos).transpose(-1, -2)
+    shifted = rotate(q, pos + 37) @ rotate(k, pos + 37).transpose(-1, -2)
     assert_close(shifted, scores, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(apply_rotary(q, pos + 1), q)
+    assert not torch.allclose(rotate(q, pos + 1), q)
     model = _model(positions="rotary")
     assert model.pos_emb is None and not any("pos_emb" in k for k in model.state_dict())
 

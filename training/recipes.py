@@ -88,8 +88,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                dict(_ML100K, n_layers=2, epochs=60, batch_size=128)),
         Recipe("pretrain-encoder", "ml-100k-rotary-tied",
                "2-layer encoder on ML-100K: rotary positions, item head tied to the item embeddings, "
-               "N(0, 0.02) "
-               "init, kept at the best validation NDCG@10 excluding history (docs/results.md)",
+               "N(0, 0.02) init, kept at the best validation NDCG@10 excluding history (docs/results.md)",
                dict(_ML100K, n_layers=2, epochs=30, batch_size=128, warmup=50, positions="rotary",
                     tie_item_head=True, init_std=0.02, select_by="ndcg", eval_interval=38, log_interval=38,
                     save_interval=190)),
