@@ -3,7 +3,7 @@
 USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598): fused event embeddings go through
 a causal Transformer (paper: 6 layers, d=128, 4 heads, windows of 50 events), pretrained to
 predict every feature of the next event (mean of the per-feature cross-entropies).
-Block layout follows nanoGPT `model.py` (pre-norm, learned absolute positions).
+Block layout follows nanoGPT `model.py` (pre-norm; models/encoder_block.py).
 
 Incremental encoding: `forward` returns an `EncoderState` (per-layer keys/values, the final
 outputs, the key mask and the per-user event count). Passing it back with new events encodes
@@ -13,7 +13,9 @@ Positions come from the mask (count of real events before), so padding never shi
 as a learned absolute embedding (the paper's) or as rotary attention (`positions="rotary"`,
 models/rotary.py, relative). `tie_item_head` scores next items through the item input embeddings
 (models/tied_head.py) and `init_std` gives the GPT-2 / SASRec+ initialisation: the variants of the
-recipe `ml-100k-rotary-tied` (training/recipes.py).
+recipe `ml-100k-rotary-tied` (training/recipes.py). `seen_bias` adds a learned score to the next-item
+logits of the items the prediction's history holds (models/seen_bias.py); `last_item_logits` is the
+next-item scorer that applies it.
 
 Shapes: B users, T new events, Tp cached events, D d_model, H heads, Dh head dim, V feature vocab.
 """
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.attention import attention
+from models.encoder_block import Block
 from models.encoder_state import EncoderOutput, EncoderState, past_from_tensor, past_to_tensor
 from models.event_embedding import (
     EventEmbedding,
@@ -39,7 +41,8 @@ from models.event_embedding import (
     default_features,
     tiny_features,
 )
-from models.rotary import apply_rotary, rotary_cos_sin
+from models.rotary import rotary_cos_sin
+from models.seen_bias import SeenItemBias, prefix_histories
 from models.tied_head import TiedItemHead
 
 __all__ = [
@@ -68,6 +71,8 @@ class UserEncoderConfig:
     # added to the event vectors (the paper's), or rotary in attention (relative: recency; models/rotary.py)
     init_std: float = 0.0  # > 0: Linear and Embedding weights ~ N(0, init_std), biases 0 (GPT-2 / SASRec+
     # init, 0.02); 0 = PyTorch's default initialisation
+    seen_bias: bool = False  # a learned score added to the next-item logits of items already in the
+    # history (models/seen_bias.py)
     dropout: float = 0.1  # embedding, attention and residual dropout
 
     def __post_init__(self) -> None:
@@ -85,8 +90,8 @@ class UserEncoderConfig:
             raise ValueError(f"rotary positions need an even head dim, got {self.head_dim}")
         if self.init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {self.init_std}")
-        if self.tie_item_head and not any(f.name == "item" for f in self.features):
-            raise ValueError("tie_item_head needs an 'item' feature")
+        if (self.tie_item_head or self.seen_bias) and not any(f.name == "item" for f in self.features):
+            raise ValueError("tie_item_head and seen_bias need an 'item' feature")
 
     @property
     def head_dim(self) -> int:
@@ -102,59 +107,6 @@ class UserEncoderConfig:
         return cls(**(base | overrides))
 
 
-# --- blocks ---
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, *, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
-        self.o_proj = nn.Linear(dim, dim)
-
-    def forward(
-        self, x: Tensor, key_mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None,
-        rope: tuple[Tensor, Tensor] | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """x (B, T, D), key_mask (B, Tp + T) or None (no padding key is visible to a real event), rope
-        the new events' rotary (cos, sin) or None -> out (B, T, D), k and v (B, H, Tp + T, Dh); keys are
-        cached already rotated."""
-        b, t, d = x.shape
-        q, k, v = (
-            p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
-        )  # (B, H, T, Dh)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if past_k is not None and past_v is not None:
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, Tp + T, Dh)
-        p = self.dropout if self.training else 0.0
-        if key_mask is None:  # no cache, right padding: causality alone hides the padding (see forward)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, Dh)
-        else:
-            out = attention(q, k, v, key_mask=key_mask, causal=True, dropout_p=p)  # (B, H, T, Dh)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, d)), k, v  # (B, T, D)
-
-
-class Block(nn.Module):
-    def __init__(self, config: UserEncoderConfig) -> None:
-        super().__init__()
-        d = config.d_model
-        self.attn_norm, self.mlp_norm = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = SelfAttention(dim=d, heads=config.n_heads, dropout=config.dropout)
-        h = config.mlp_ratio * d
-        self.mlp = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d))
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(
-        self, x: Tensor, key_mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None,
-        rope: tuple[Tensor, Tensor] | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        a, k, v = self.attn(self.attn_norm(x), key_mask, past_k, past_v, rope)
-        x = x + self.drop(a)
-        return x + self.drop(self.mlp(self.mlp_norm(x))), k, v  # (B, T, D)
-
-
 # --- encoder ---
 
 
@@ -167,11 +119,14 @@ class UserEncoder(nn.Module):
         self.embed = EventEmbedding(config.embedding)
         self.pos_emb = nn.Embedding(config.window, config.d_model) if config.positions == "learned" else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        c = config
+        block = dict(dim=c.d_model, heads=c.n_heads, mlp_ratio=c.mlp_ratio, dropout=c.dropout)
+        self.blocks = nn.ModuleList(Block(**block) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.heads = nn.ModuleDict({f.name: nn.Linear(config.d_model, f.vocab_size) for f in config.features})
         if config.tie_item_head:
             self.heads["item"] = TiedItemHead(self.embed.embeddings["item"].embed, config.d_model)
+        self.seen_bias = SeenItemBias() if config.seen_bias else None
         if config.init_std > 0:
             self.apply(self._init_weights)
 
@@ -239,8 +194,26 @@ class UserEncoder(nn.Module):
         return EncoderOutput(hidden=hidden, past=state)
 
     def next_event_logits(self, hidden: Tensor) -> dict[str, Tensor]:
-        """hidden (B, T, D) -> name -> (B, T, V) logits for the features of event t + 1."""
+        """hidden (B, T, D) -> name -> (B, T, V) logits for the features of event t + 1, without the seen
+        bias (it needs the history: `last_item_logits`, `item_logits`)."""
         return {name: head(hidden) for name, head in self.heads.items()}
+
+    def item_logits(self, hidden: Tensor, history: Tensor) -> Tensor:
+        """hidden (N, D) and the item ids each prediction has read (N, T), 0 = padding -> (N, V) next-item
+        logits, with the seen bias when the encoder has one."""
+        logits = self.heads["item"](hidden)
+        return logits if self.seen_bias is None else self.seen_bias(logits, history)
+
+    def last_item_logits(
+        self, features: Mapping[str, Tensor], mask: Tensor, history: Tensor | None = None
+    ) -> Tensor:
+        """Next-item logits (B, V) after each row's newest real event (right padding): the scorer of the
+        sequence-only baseline and of the distillation teacher. `history` (B, T') are the item ids the
+        seen bias marks (0 = padding), by default the encoded events; a caller that has the user's whole
+        history passes it, so items older than the window count as seen too."""
+        hidden = self(features, mask).hidden  # (B, T, D)
+        last = hidden[torch.arange(mask.shape[0], device=mask.device), mask.sum(dim=1) - 1]  # (B, D)
+        return self.item_logits(last, features["item"] * mask if history is None else history.to(mask.device))
 
     def pretrain_losses(self, features: Mapping[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
         """Per-feature next-event cross-entropy (predict event t + 1 from hidden t), padding ignored.
@@ -262,7 +235,11 @@ class UserEncoder(nn.Module):
         losses = {}
         for f in self.config.features:
             target = features[f.name][:, 1:][valid]  # (N,) or (N, K)
-            logp = self.heads[f.name](hidden).float().log_softmax(dim=-1)  # (N, V)
+            if f.name == "item" and self.seen_bias is not None:
+                logits = self.item_logits(hidden, prefix_histories(features["item"] * mask, valid))
+            else:
+                logits = self.heads[f.name](hidden)
+            logp = logits.float().log_softmax(dim=-1)  # (N, V)
             if f.multi_valued:
                 soft = torch.zeros_like(logp).scatter_(-1, target, 1.0)  # (N, V)
                 soft[..., 0] = 0.0

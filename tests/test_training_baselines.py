@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,3 +73,32 @@ def test_baseline_rows_carry_the_group_and_label(tmp_path: Path) -> None:
     assert [r["model"] for r in rows] == ["most-popular (train counts)", "tiny encoder"]
     assert [r["group"] for r in rows] == ["a subset", "a subset"]
     assert all(r["next_item"]["users"] == 12 for r in rows)
+
+
+def test_encoder_scorer_marks_the_whole_history_as_seen_beyond_the_window() -> None:
+    """With the seen bias, the sequence-only scores = the plain head's + b at every item of the user's
+    history, items older than the encoder's window included (item "20" of u1 below)."""
+    import torch
+
+    from models.user_encoder import UserEncoder
+    from training.config import TrainConfig
+    from training.evaluate import encoder_scorers
+    from training.pretrain import encoder_config
+
+    corpus = _toy()
+    torch.manual_seed(0)
+    cfg = encoder_config(TrainConfig.tiny(window=2, seen_bias=True), corpus.vocabs)
+    biased = UserEncoder(cfg).eval()
+    with torch.no_grad():
+        biased.seen_bias.raw.fill_(-0.2)  # b = -10
+    plain = UserEncoder(dataclasses.replace(cfg, seen_bias=False)).eval()
+    plain.load_state_dict({k: v for k, v in biased.state_dict().items() if not k.startswith("seen_bias")})
+    examples = corpus.splits.test
+    scores = encoder_scorers(biased, corpus)[0](examples)
+    reference = encoder_scorers(plain, corpus)[0](examples)
+    item = corpus.vocabs["item"].encode
+    u1 = next(i for i, ex in enumerate(examples) if ex.user == "u1")
+    assert [e.item for e in examples[u1].history] == ["10", "20", "30", "10"]  # the window holds 30, 10
+    for name in ("10", "20", "30"):
+        assert float(scores[u1, item(name)] - reference[u1, item(name)]) == pytest.approx(-10.0, abs=1e-4)
+    assert float(scores[u1, item("40")] - reference[u1, item("40")]) == pytest.approx(0.0, abs=1e-5)

@@ -230,3 +230,45 @@ def test_init_std_draws_small_weights_and_keeps_padding_rows_zero() -> None:
     assert float(default.embed.embeddings["item"].embed.weight[1:].std()) > 0.5
     with pytest.raises(ValueError, match="init_std"):
         UserEncoderConfig.tiny(init_std=-1.0)
+
+
+def test_seen_bias_adds_a_learned_score_to_the_items_each_prediction_has_read() -> None:
+    """The item loss with the seen bias equals a per-position reference whose logits get b at every item
+    among events <= t (padding never), the last-event scorer adds b at the whole history, b starts at 0
+    and the item loss trains it."""
+    from models.seen_bias import prefix_histories, seen_items
+
+    torch.manual_seed(0)
+    model = UserEncoder(UserEncoderConfig.tiny(seen_bias=True)).eval()
+    feats, mask = _synthetic_batch()
+    plain = UserEncoder(UserEncoderConfig.tiny()).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("seen_bias")})
+    assert_close(model.pretrain_losses(feats, mask)["item"], plain.pretrain_losses(feats, mask)["item"])
+    with torch.no_grad():
+        model.seen_bias.raw.fill_(-0.1)
+    b = float(model.seen_bias.bias)
+    assert b == pytest.approx(-5.0)
+    hidden = model(feats, mask).hidden  # (B, T, D)
+    logits = model.next_event_logits(hidden)["item"]  # (B, T, V), no bias
+    terms = []
+    for u in range(mask.shape[0]):
+        for t in range(mask.shape[1] - 1):
+            if mask[u, t] and mask[u, t + 1]:
+                row = logits[u, t].clone()
+                row[sorted({int(i) for i in feats["item"][u, : t + 1]})] += b
+                terms.append(-row.log_softmax(-1)[feats["item"][u, t + 1]])
+    assert_close(model.pretrain_losses(feats, mask)["item"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+    last = mask.sum(dim=1) - 1
+    seen = seen_items(feats["item"] * mask, logits.shape[-1])  # (B, V)
+    expected = logits[torch.arange(mask.shape[0]), last] + b * seen
+    assert_close(model.last_item_logits(feats, mask), expected)
+    # a prefix row holds the items at positions <= t and zeros after
+    items = torch.tensor([[5, 6, 7, 0]])
+    rows = prefix_histories(items, torch.tensor([[True, True, False]]))
+    assert rows.tolist() == [[5, 0, 0, 0], [5, 6, 0, 0]]
+    # the item loss has a gradient on b
+    model.train()
+    model.pretrain_loss(feats, mask).backward()
+    assert model.seen_bias.raw.grad is not None and float(model.seen_bias.raw.grad.abs()) > 0
+    with pytest.raises(ValueError, match="seen_bias"):
+        UserEncoderConfig.tiny(seen_bias=True, features=({"name": "rating", "vocab_size": 8, "dim": 8},))

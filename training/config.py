@@ -105,6 +105,7 @@ class TrainConfig:
     positions: Literal["learned", "rotary"] = "learned"  # encoder positions: learned absolute, or rotary
     # (relative, recency-aware; the key/value cache stays valid)
     init_std: float = 0.0  # > 0: encoder weights ~ N(0, init_std) (GPT-2 / SASRec+: 0.02); 0 = PyTorch's
+    seen_bias: bool = False  # learn a score for items already in the history (models/seen_bias.py)
     dropout: float = 0.2  # embedding, attention and residual dropout
     fusion: Literal["early", "late"] = "early"  # event feature fusion (models/event_embedding.py)
     item_dim: int = 64  # item id embedding width

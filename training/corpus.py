@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
 from models.checkpoint import Checkpoint
 from training.data import (
     ML_LATEST_SMALL,
@@ -129,6 +133,13 @@ def vocabs_from_dict(data: Mapping[str, Any]) -> dict[str, Vocab]:
 def encoded(events: Sequence[Event], vocabs: Mapping[str, Vocab], window: int) -> dict[str, list[Any]]:
     """The last `window` events encoded for `collate_events`."""
     return encode_events(list(events)[-window:], vocabs)
+
+
+def history_items(histories: Sequence[Sequence[Event]], item_vocab: Vocab) -> Tensor:
+    """(B, T') item ids of every event of each history, right-padded with 0: what the encoder's seen
+    bias marks (`UserEncoder.last_item_logits`), older events than its window included."""
+    rows = [torch.tensor([item_vocab.encode(e.item) for e in ev], dtype=torch.long) for ev in histories]
+    return pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, dtype=torch.long)
 
 
 # --- loading ---

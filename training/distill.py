@@ -27,7 +27,7 @@ from torch import Tensor
 
 from models.features import collate_events
 from models.user_encoder import UserEncoder
-from training.corpus import Corpus, encoded
+from training.corpus import Corpus, encoded, history_items
 from training.data import Example
 
 __all__ = ["EncoderTeacher", "distillation_loss"]
@@ -46,9 +46,8 @@ class EncoderTeacher:
         """(B, I) float32 next-item logits; pad / unknown at -inf."""
         seqs = [encoded(ex.history, self.corpus.vocabs, self.window) for ex in examples]
         features, mask = collate_events(seqs, max_len=self.window)
-        hidden = self.encoder(features, mask).hidden  # (B, T, D)
-        last = hidden[torch.arange(len(examples)), mask.sum(dim=1) - 1]  # (B, D)
-        logits = self.encoder.heads["item"](last).float()  # (B, I)
+        seen = history_items([ex.history for ex in examples], self.corpus.vocabs["item"])
+        logits = self.encoder.last_item_logits(features, mask, seen).float()  # (B, I)
         logits[:, :2] = -torch.inf
         return logits.to(device)
 

@@ -33,7 +33,7 @@ from models.features import collate_events
 from models.lower_layers import split_layer
 from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import EvalConfig
-from training.corpus import Corpus, encoded, load_corpus_for
+from training.corpus import Corpus, encoded, history_items, load_corpus_for
 from training.data import Example, favourite_category
 from training.generic_text import GenericText, generic_texts
 from training.metrics import accuracy, ranking_metrics, rouge, rouge_pairs, seen_mask, target_ranks
@@ -121,27 +121,25 @@ def encoder_scorers(encoder: UserEncoder, corpus: Corpus, history_events: int = 
     """(next-item scorer, favourite-category predictor) of a pretrained encoder, reading the newest
     `window` events (or `history_events` when smaller and > 0).
 
-    Next item: the item head's logits at the last real history event (SASRec-style). Favourite
-    category: argmax of the category head's mean log-probabilities over the history's events.
+    Next item: the item head's logits at the last real history event (SASRec-style; with the encoder's
+    seen bias over the whole history, `UserEncoder.last_item_logits`). Favourite category: argmax of
+    the category head's mean log-probabilities over the history's events.
     """
     window = min(encoder.config.window, history_events or encoder.config.window)
     categories = corpus.vocabs["category"]
 
+    def collated(examples: Sequence[Example]) -> tuple[dict[str, Tensor], Tensor]:
+        return collate_events([encoded(ex.history, corpus.vocabs, window) for ex in examples], window)
+
     @torch.no_grad()
-    def run(examples: Sequence[Example]) -> tuple[dict[str, Tensor], Tensor]:
-        features, mask = collate_events(
-            [encoded(ex.history, corpus.vocabs, window) for ex in examples], window
-        )
-        hidden = encoder(features, mask).hidden  # (B, T, D)
-        return encoder.next_event_logits(hidden), mask
-
     def score_items(examples: Sequence[Example]) -> Tensor:
-        logits, mask = run(examples)
-        last = mask.sum(dim=1) - 1  # (B,)
-        return logits["item"][torch.arange(len(examples)), last]  # (B, V)
+        seen = history_items([ex.history for ex in examples], corpus.vocabs["item"])
+        return encoder.last_item_logits(*collated(examples), seen)  # (B, V)
 
+    @torch.no_grad()
     def predict_genre(examples: Sequence[Example]) -> list[str | None]:
-        logits, mask = run(examples)
+        features, mask = collated(examples)
+        logits = encoder.next_event_logits(encoder(features, mask).hidden)  # name -> (B, T, V)
         logp = logits["category"].log_softmax(dim=-1) * mask[..., None]  # (B, T, C)
         mean = logp.sum(dim=1) / mask.sum(dim=1, keepdim=True)  # (B, C)
         mean[:, :2] = -torch.inf  # never predict pad / unknown

@@ -4,11 +4,12 @@ USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598) Sec. 3.1: the autoregressive
 windows of 50 events and is trained with the mean of the per-feature next-event cross-entropies
 (`UserEncoder.pretrain_loss`); `side_loss_weight` weighs the side features against the item loss
 (0 = item loss only, as SASRec+ trains), `window` sets the history length, and `positions`,
-`tie_item_head`, `init_std` choose the encoder's variants (recipe `ml-100k-rotary-tied`, docs/results.md
-"Encoders"). Windows come from the TRAIN part of the leave-last-out split, so the validation and test
-targets are never seen; every position of a window predicts its next event. Validation = the same loss
-at the held-out validation event (history -> target), plus its full-ranking Recall@10 / NDCG@10 over
-all items and excluding the history; `select_by` keeps the checkpoint of the best loss or NDCG.
+`tie_item_head`, `init_std`, `seen_bias` choose the encoder's variants (recipe `ml-100k-rotary-tied`,
+docs/results.md "Encoders"). Windows come from the TRAIN part of the leave-last-out split, so the
+validation and test targets are never seen; every position of a window predicts its next event.
+Validation = the same loss at the held-out validation event (history -> target), plus its full-ranking
+Recall@10 / NDCG@10 over all items and excluding the history; `select_by` keeps the checkpoint of the
+best loss or NDCG.
 
 Reads top to bottom like nanoGPT `train.py`; split into `main -> fit -> validate` like litgpt.
 Under `torchrun` each rank trains on its shard of every global batch (training/distributed.py) and
@@ -61,6 +62,7 @@ def encoder_config(cfg: TrainConfig, vocabs: dict[str, Vocab]) -> UserEncoderCon
         features=features, fusion=cfg.fusion, d_model=cfg.d_model, n_layers=cfg.n_layers,
         n_heads=cfg.n_heads, window=cfg.window, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
         tie_item_head=cfg.tie_item_head, init_std=cfg.init_std, positions=cfg.positions,
+        seen_bias=cfg.seen_bias,
     )  # fmt: skip
 
 
@@ -84,10 +86,12 @@ def last_event_losses(
     n = mask.sum(dim=1)  # (B,) events incl. the target
     rows = torch.arange(mask.shape[0], device=mask.device)
     hidden = encoder(features, mask).hidden[rows, n - 2]  # (B, D) state after the history
-    logits = encoder.next_event_logits(hidden[:, None])  # name -> (B, 1, V)
+    logits = {name: head(hidden) for name, head in encoder.heads.items()}  # name -> (B, V)
+    history = (features["item"] * mask).index_put((rows, n - 1), torch.zeros_like(n))  # target removed
+    logits["item"] = encoder.item_logits(hidden, history)
     losses = []
     for f in encoder.config.features:
-        logp = logits[f.name][:, 0].float().log_softmax(dim=-1)  # (B, V)
+        logp = logits[f.name].float().log_softmax(dim=-1)  # (B, V)
         target = features[f.name][rows, n - 1]  # (B,) or (B, K)
         if f.multi_valued:
             soft = torch.zeros_like(logp).scatter_(-1, target, 1.0)
@@ -100,7 +104,7 @@ def last_event_losses(
             loss = F.nll_loss(logp, target, reduction="none")
         losses.append(loss)
     weights = encoder.feature_weights(side_weight).to(mask.device)[:, None]  # (F, 1)
-    return (torch.stack(losses) * weights).sum(dim=0), logits["item"][:, 0]
+    return (torch.stack(losses) * weights).sum(dim=0), logits["item"]
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,12 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                dict(_ML100K, n_layers=2, epochs=30, batch_size=128, warmup=50, positions="rotary",
                     tie_item_head=True, init_std=0.02, select_by="ndcg", eval_interval=38, log_interval=38,
                     save_interval=190)),
+        Recipe("pretrain-encoder", "ml-100k-rotary-tied-seen",
+               "ml-100k-rotary-tied with a learned score for items the user has seen (models/seen_bias.py): "
+               "new items ranked as before, seen items last over all items (docs/results.md)",
+               dict(_ML100K, n_layers=2, epochs=30, batch_size=128, warmup=50, positions="rotary",
+                    tie_item_head=True, init_std=0.02, seen_bias=True, select_by="ndcg", eval_interval=38,
+                    log_interval=38, save_interval=190)),
         Recipe("finetune", "ml-100k-next-item", "single-task USER-LLM on ML-100K: R@10 0.089 / 0.135",
                dict(_USERLLM, **_ML100K, tasks="next_item", steps=1200, batch_size=32, warmup=50,
                     eval_interval=200, eval_users=0)),
