@@ -37,6 +37,7 @@ BENCHMARKS = {  # report name -> module
     "lower_layers": "benchmarks.bench_lower_layers",
     "stack": "benchmarks.bench_stack",
     "loader": "benchmarks.bench_loader",
+    "amazon-loader": "benchmarks.bench_amazon_loader",
     "train_throughput": "benchmarks.bench_train_throughput",
 }
 QUICK_DIR = ROOT / "docs" / "bench" / "quick"
@@ -50,6 +51,7 @@ QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the sam
     "lower_layers": ["--repeats", "3"],
     "stack": ["--seconds", "5", "--gen-requests", "1"],
     "loader": ["--rows", "500000"],
+    "amazon-loader": ["--rows", "200000"],
 }
 PERFORMANCE_HEADER = """# Performance (`make bench`)
 
