@@ -11,6 +11,7 @@ training/results_text.py) of the rows that carry a text report. Plots use matplo
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ def plot_results(
     out.mkdir(parents=True, exist_ok=True)
     protocols = ("all_items", "exclude_history")
     keys = list(results[0]["next_item"]["all_items"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.2 * math.ceil(len(results) / 2)), sharey=True)
     width = 0.8 / max(1, len(results))
     for ax, protocol in zip(axes, protocols, strict=True):
         for i, row in enumerate(results):
@@ -125,9 +126,11 @@ def plot_results(
         ax.set_title(protocol.replace("_", " "))
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("score")
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = math.ceil(len(labels) / 2)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)  # below: no bar hidden
     fig.suptitle(f"{results[0].get('dataset', '')}: next-item, full ranking")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * rows, 1, 1))
     path = out / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
