@@ -18,9 +18,7 @@ Run: python -m benchmarks.bench_amazon_loader [--rows 2000000] [--repeats 1] [--
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.bench_loader import fingerprint
-from benchmarks.harness import Report, Table, add_thread_arg, apply_threads, paired_ratio
+from benchmarks.bench_loader import engine_args, engine_table, time_engines
+from benchmarks.harness import Report
 from training.data import load_amazon_2023
 
-ENGINES = ("python", "columnar")  # the order within each round
 CATEGORY = "Synthetic_Beauty"
 WORDS = ("great", "smell", "skin", "lotion", "works", "price", "would", "buy", "again", "soft", "dry",
          "love", "the", "a", "it", "and", "not", "very", "for", "my")  # fmt: skip
@@ -72,31 +69,8 @@ def write_reviews(folder: Path, rows: int, seed: int = 0) -> dict[str, int]:
     return {"lines": lines, "reviews": rows, "products": products}
 
 
-def run(folder: Path, repeats: int) -> tuple[dict[str, list[float]], dict[str, set[int]]]:
-    """Seconds per load and the fingerprints, per engine; python and columnar alternate each round."""
-    seconds: dict[str, list[float]] = {engine: [] for engine in ENGINES}
-    prints: dict[str, set[int]] = {engine: set() for engine in ENGINES}
-    for _ in range(repeats):
-        for engine in ENGINES:
-            start = time.perf_counter()
-            dataset = load_amazon_2023(folder, CATEGORY, engine=engine)
-            seconds[engine].append(time.perf_counter() - start)
-            prints[engine].add(hash((fingerprint(dataset), tuple(sorted(dataset.counters.items())))))
-            print(f"{engine}: {seconds[engine][-1]:.1f} s, {dataset.num_events:,} events", flush=True)
-            del dataset
-    return seconds, prints
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2_000_000, help="reviews in the synthetic file")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of python + columnar")
-    parser.add_argument("--seed", type=int, default=0)
-    add_thread_arg(parser)  # also sets Arrow's CPU threads here
-    args = parser.parse_args()
-    apply_threads(args.threads)
-    if args.threads is not None:
-        pa.set_cpu_count(args.threads)
+    args = engine_args(__doc__.splitlines()[0], 2_000_000, "reviews in the synthetic file")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-amazon-loader-") as tmp:
         folder = Path(tmp)
@@ -105,19 +79,11 @@ def main() -> None:
         write_seconds = time.perf_counter() - begin
         size_mb = sum(path.stat().st_size for path in folder.iterdir()) / 1e6
         print(f"wrote {counts} ({size_mb:,.0f} MB) in {write_seconds:.1f} s", flush=True)
-        seconds, prints = run(folder, args.repeats)
-    if prints["python"] != prints["columnar"] or len(prints["python"]) != 1:
-        raise SystemExit(f"error: the engines gave different data sets ({prints})")
-    median = {engine: statistics.median(times) for engine, times in seconds.items()}
-    table = Table(
-        f"Loading {counts['lines']:,} review lines, median of {args.repeats} round(s)",
-        ["engine", "seconds", "lines/s", "ratio (python / columnar)"],
-    )
-    for engine, label in (("python", "python (json.loads, line by line)"), ("columnar", "columnar (Arrow)")):
-        table.rows.append({
-            "engine": label, "seconds": median[engine], "lines/s": counts["lines"] / median[engine],
-            "ratio (python / columnar)": paired_ratio(seconds["python"], seconds[engine]),
-        })  # fmt: skip
+        seconds = time_engines(lambda engine: load_amazon_2023(folder, CATEGORY, engine=engine), args.repeats)
+    table = engine_table(
+        f"Loading {counts['lines']:,} review lines, median of {args.repeats} round(s)", "lines",
+        counts["lines"], seconds, "python (json.loads, line by line)",
+    )  # fmt: skip
     report = Report(
         name="amazon-loader",
         title="Data at scale: Amazon 2023 review loading, columnar vs line by line",

@@ -28,6 +28,7 @@ import csv
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,39 +87,62 @@ def write_movielens(folder: Path, rows: int, seed: int = 0) -> dict[str, int]:
 
 
 def fingerprint(dataset: Dataset) -> int:
-    """A hash of the users, their events and the catalogue, in order (equal data sets, equal hashes)."""
+    """A hash of the users, their events, the catalogue and the counters, in order (equal data sets,
+    equal hashes)."""
     events = tuple(event for _, event in dataset.events())
-    return hash((tuple(dataset.timelines), events, tuple(dataset.items.values()), dataset.skipped))
+    counters = tuple(sorted(dataset.counters.items()))
+    return hash((tuple(dataset.timelines), events, tuple(dataset.items.values()), dataset.skipped, counters))
 
 
-# --- timing ---
+# --- timing (shared with bench_amazon_loader) ---
 
 
-def run(folder: Path, repeats: int) -> tuple[dict[str, list[float]], dict[str, set[int]]]:
-    """Seconds per load and the fingerprints, per engine; python and columnar alternate each round."""
+def engine_args(description: str, rows: int, what: str) -> argparse.Namespace:
+    """--rows, --repeats, --seed, --threads (torch's and Arrow's CPU threads, applied here)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rows", type=int, default=rows, help=what)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of python + columnar")
+    parser.add_argument("--seed", type=int, default=0)
+    add_thread_arg(parser)
+    args = parser.parse_args()
+    apply_threads(args.threads)
+    if args.threads is not None:
+        pa.set_cpu_count(args.threads)
+    return args
+
+
+def time_engines(load: Callable[[Engine], Dataset], repeats: int) -> dict[str, list[float]]:
+    """Seconds per load, per engine (python first in each round); exits when the engines' data sets
+    differ or one engine's differ between rounds."""
     seconds: dict[str, list[float]] = {engine: [] for engine in ENGINES}
     prints: dict[str, set[int]] = {engine: set() for engine in ENGINES}
     for _ in range(repeats):
         for engine in ENGINES:
             start = time.perf_counter()
-            dataset = load_movielens(folder, engine=engine)
+            dataset = load(engine)
             seconds[engine].append(time.perf_counter() - start)
             prints[engine].add(fingerprint(dataset))
             print(f"{engine}: {seconds[engine][-1]:.1f} s, {dataset.num_events:,} events", flush=True)
             del dataset
-    return seconds, prints
+    if prints["python"] != prints["columnar"] or len(prints["python"]) != 1:
+        raise SystemExit(f"error: the engines gave different data sets ({prints})")
+    return seconds
+
+
+def engine_table(title: str, unit: str, count: int, seconds: dict[str, list[float]], python: str) -> Table:
+    """Median seconds, `unit`/s over `count` and the paired ratio python / columnar, one row per engine."""
+    median = {engine: statistics.median(times) for engine, times in seconds.items()}
+    table = Table(title, ["engine", "seconds", f"{unit}/s", "ratio (python / columnar)"])
+    for engine, label in (("python", python), ("columnar", "columnar (Arrow)")):
+        table.rows.append({
+            "engine": label, "seconds": median[engine], f"{unit}/s": count / median[engine],
+            "ratio (python / columnar)": paired_ratio(seconds["python"], seconds[engine]),
+        })  # fmt: skip
+    return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=25_000_000, help="ratings in the synthetic ratings.csv")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of python + columnar")
-    parser.add_argument("--seed", type=int, default=0)
-    add_thread_arg(parser)  # also sets Arrow's CPU threads here
-    args = parser.parse_args()
-    apply_threads(args.threads)
-    if args.threads is not None:
-        pa.set_cpu_count(args.threads)
+    args = engine_args(__doc__.splitlines()[0], 25_000_000, "ratings in the synthetic ratings.csv")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         folder = Path(tmp)
@@ -127,19 +151,11 @@ def main() -> None:
         write_seconds = time.perf_counter() - begin
         size_mb = sum(path.stat().st_size for path in folder.iterdir()) / 1e6
         print(f"wrote {counts} ({size_mb:,.0f} MB) in {write_seconds:.1f} s", flush=True)
-        seconds, prints = run(folder, args.repeats)
-    if prints["python"] != prints["columnar"] or len(prints["python"]) != 1:
-        raise SystemExit(f"error: the engines gave different data sets ({prints})")
-    median = {engine: statistics.median(times) for engine, times in seconds.items()}
-    table = Table(
-        f"Loading {args.rows:,} ratings (+ movies, tags), median of {args.repeats} round(s)",
-        ["engine", "seconds", "ratings/s", "ratio (python / columnar)"],
-    )
-    for engine, label in (("python", "python (csv module, line by line)"), ("columnar", "columnar (Arrow)")):
-        table.rows.append({
-            "engine": label, "seconds": median[engine], "ratings/s": args.rows / median[engine],
-            "ratio (python / columnar)": paired_ratio(seconds["python"], seconds[engine]),
-        })  # fmt: skip
+        seconds = time_engines(lambda engine: load_movielens(folder, engine=engine), args.repeats)
+    table = engine_table(
+        f"Loading {args.rows:,} ratings (+ movies, tags), median of {args.repeats} round(s)", "ratings",
+        args.rows, seconds, "python (csv module, line by line)",
+    )  # fmt: skip
     report = Report(
         name="loader",
         title="Data at scale: MovieLens CSV loading, columnar vs line by line",
