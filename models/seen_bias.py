@@ -22,17 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["STEP_SCALE", "SeenItemBias", "prefix_histories", "seen_items"]
+__all__ = ["STEP_SCALE", "SeenItemBias", "prefix_histories"]
 
 STEP_SCALE = 50.0
-
-
-def seen_items(history: Tensor, num_items: int) -> Tensor:
-    """(N, T) item ids (0 = padding) -> (N, V) float, 1 where the id occurs in the row."""
-    seen = history.new_zeros(history.shape[0], num_items, dtype=torch.float32)
-    seen.scatter_(1, history.clamp(0, num_items - 1), 1.0)
-    seen[:, 0] = 0.0  # padding
-    return seen
 
 
 def prefix_histories(items: Tensor, predicted: Tensor) -> Tensor:
@@ -57,4 +49,11 @@ class SeenItemBias(nn.Module):
         return self.raw * STEP_SCALE
 
     def forward(self, logits: Tensor, history: Tensor) -> Tensor:
-        return logits + self.bias.to(logits.dtype) * seen_items(history, logits.shape[-1]).to(logits.dtype)
+        """Adds b once at every distinct id of each history row (0 = padding, never): the ids are sorted
+        and repeats set to 0, then b is scatter-added, so only (N, T) values move, not an (N, V) mask."""
+        ids = history.clamp(0, logits.shape[-1] - 1).sort(dim=1).values  # (N, T)
+        repeat = torch.zeros_like(ids, dtype=torch.bool)
+        repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
+        ids = ids.masked_fill(repeat, 0)
+        bump = (ids != 0).to(logits.dtype) * self.bias.to(logits.dtype)  # (N, T)
+        return logits.scatter_add(1, ids, bump)

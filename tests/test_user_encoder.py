@@ -236,7 +236,7 @@ def test_seen_bias_adds_a_learned_score_to_the_items_each_prediction_has_read() 
     """The item loss with the seen bias equals a per-position reference whose logits get b at every item
     among events <= t (padding never), the last-event scorer adds b at the whole history, b starts at 0
     and the item loss trains it."""
-    from models.seen_bias import prefix_histories, seen_items
+    from models.seen_bias import prefix_histories
 
     torch.manual_seed(0)
     model = UserEncoder(UserEncoderConfig.tiny(seen_bias=True)).eval()
@@ -259,7 +259,9 @@ def test_seen_bias_adds_a_learned_score_to_the_items_each_prediction_has_read() 
                 terms.append(-row.log_softmax(-1)[feats["item"][u, t + 1]])
     assert_close(model.pretrain_losses(feats, mask)["item"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
     last = mask.sum(dim=1) - 1
-    seen = seen_items(feats["item"] * mask, logits.shape[-1])  # (B, V)
+    seen = torch.zeros(mask.shape[0], logits.shape[-1])  # (B, V): 1 at every item of the history
+    for u in range(mask.shape[0]):
+        seen[u, [int(i) for i in feats["item"][u][mask[u]]]] = 1.0
     expected = logits[torch.arange(mask.shape[0]), last] + b * seen
     assert_close(model.last_item_logits(feats, mask), expected)
     # a prefix row holds the items at positions <= t and zeros after
@@ -272,3 +274,19 @@ def test_seen_bias_adds_a_learned_score_to_the_items_each_prediction_has_read() 
     assert model.seen_bias.raw.grad is not None and float(model.seen_bias.raw.grad.abs()) > 0
     with pytest.raises(ValueError, match="seen_bias"):
         UserEncoderConfig.tiny(seen_bias=True, features=({"name": "rating", "vocab_size": 8, "dim": 8},))
+
+
+def test_seen_bias_counts_a_repeated_item_once() -> None:
+    """b lands once on an item the history holds twice, never on padding, and its gradient counts each
+    distinct seen item once; the logits' own gradient passes through unchanged."""
+    from models.seen_bias import STEP_SCALE, SeenItemBias
+
+    bias = SeenItemBias()
+    with torch.no_grad():
+        bias.raw.fill_(-0.1)
+    logits = torch.zeros(2, 6, requires_grad=True)
+    out = bias(logits, torch.tensor([[3, 5, 3, 0], [0, 0, 0, 0]]))
+    assert out.tolist() == [[0.0, 0.0, 0.0, -5.0, 0.0, -5.0], [0.0] * 6]
+    out.sum().backward()
+    assert float(bias.raw.grad) == pytest.approx(2 * STEP_SCALE)
+    assert logits.grad is not None and logits.grad.tolist() == [[1.0] * 6, [1.0] * 6]
