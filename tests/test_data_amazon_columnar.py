@@ -93,6 +93,7 @@ def test_duplicates_blank_lines_empty_ids_and_blank_text(tmp_path: Path, gz: boo
         _review("u3", "G", 4_000, rating="4.5"),  # a rating as a string
         _review("u3", "G", 4_000, parent_asin=None, asin=None),  # no item id: an error
         _review("u3", "G", 4_000, timestamp="noon"),  # a bad time: an error
+        _review("u3", "G", 4_000, rating=None),  # a null rating: an error
         '{"user_id": "u3"',  # invalid JSON: an error
         '{"user_id": "u3", "asin": "G", "rating": NaN, "timestamp": 4000}',  # Arrow reads NaN: an error
         '{"user_id": "u3", "user_id": "u4", "asin": "G", "rating": 1, "timestamp": 4000}',  # a key twice

@@ -86,9 +86,11 @@ def last_event_losses(
     n = mask.sum(dim=1)  # (B,) events incl. the target
     rows = torch.arange(mask.shape[0], device=mask.device)
     hidden = encoder(features, mask).hidden[rows, n - 2]  # (B, D) state after the history
-    logits = {name: head(hidden) for name, head in encoder.heads.items()}  # name -> (B, V)
     history = (features["item"] * mask).index_put((rows, n - 1), torch.zeros_like(n))  # target removed
-    logits["item"] = encoder.item_logits(hidden, history)
+    logits = {
+        name: encoder.item_logits(hidden, history) if name == "item" else head(hidden)
+        for name, head in encoder.heads.items()
+    }  # name -> (B, V)
     losses = []
     for f in encoder.config.features:
         logp = logits[f.name].float().log_softmax(dim=-1)  # (B, V)

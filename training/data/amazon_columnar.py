@@ -3,7 +3,7 @@ path of `amazon.load_amazon_2018` / `load_amazon_2023`.
 
 Followed: the pyarrow docs "Reading JSON files" (`pyarrow.json.read_json`: one object per line, column
 types inferred over the file, blank lines skipped), "Reading CSV files" (here only to get the raw lines
-as one string column) and `dictionary_encode`; numpy's `unique(return_index=True)`.
+as one string column) and `dictionary_encode`; numpy's stable `argsort`.
 
 `read_reviews` answers None for a file it does not take in the strict shape below; the caller then
 reads that file line by line (the reference), which gives the same data set or raises the
@@ -88,16 +88,19 @@ def _raw_lines(path: Path) -> pa.ChunkedArray | None:
     return table["line"]
 
 
-def _first_occurrences(lines: pa.ChunkedArray, users: pa.ChunkedArray, times: pa.ChunkedArray) -> np.ndarray:
+def _first_occurrences(
+    lines: pa.ChunkedArray, users: pa.ChunkedArray, times: pa.ChunkedArray
+) -> np.ndarray:
     """Indices (ascending) of the first occurrence of every distinct line.
 
     Identical lines hold the same user and time, so only rows whose (user, time) pair repeats are
     compared as text (in the synthetic benchmark file 2% of the rows; hashing every line in Arrow cost
     more than the JSON parse)."""
     codes = [
-        pc.dictionary_encode(column).combine_chunks().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        pc.dictionary_encode(column).combine_chunks().indices.to_numpy(zero_copy_only=False)
         for column in (users, times)
     ]
+    codes = [code.astype(np.int64) for code in codes]
     key = codes[0] * len(lines) + codes[1]  # one int64 per (user, time) pair: codes < N, N^2 < 2^63
     order = np.argsort(key, kind="stable")
     same = key[order[1:]] == key[order[:-1]]  # neighbours in key order with the same pair
@@ -144,14 +147,12 @@ def read_reviews(path: Path, fields: dict[str, str], id_keys: tuple[str, str]) -
     columns = [*strings.values(), *ids, rating, time]
     if any(c is False for c in columns) or any(c is None for c in (strings["user"], rating, time)):
         return None
-    if strings["user"].null_count or time.null_count:
-        return None
+    if strings["user"].null_count or rating.null_count or time.null_count:
+        return None  # a required field is null: the line-by-line reader names the line
     keep = pa.array(_first_occurrences(lines, strings["user"], time))
     kept = {name: None if c is None else c.take(keep) for name, c in zip(
         ("user", "text", "summary", "parent", "asin", "rating", "time"), columns, strict=True
     )}  # fmt: skip
-    if any(kept[name].null_count for name in ("user", "rating", "time")):
-        return None
 
     def values(column: pa.ChunkedArray | None) -> list:
         return [None] * len(keep) if column is None else column.to_pylist()
