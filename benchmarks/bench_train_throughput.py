@@ -33,7 +33,7 @@ from benchmarks.harness import ROOT, Report, Table, add_thread_arg, free_port, i
 from training.config import TrainConfig
 from training.corpus import load_corpus
 from training.data import sliding_windows
-from training.pretrain import batch_order
+from training.window_sampler import batch_order
 
 
 def train_command(processes: int, threads: int, options: list[str], out: Path) -> list[str]:

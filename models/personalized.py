@@ -128,12 +128,14 @@ class PersonalizedLM(nn.Module):
 
     def score(
         self, input_ids: Tensor, attention_mask: Tensor, user_context: UserContext | None,
-        lower: Tensor | None = None,
+        lower: Tensor | None = None, seen: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Next-item (B, I) and favourite-category (B, C) logits at the prompt's last real token.
 
         `lower` (B, S, Dl): the prompt's states below the first cross-attention layer
         (models/lower_layers.py), computed once; the lower layers are then skipped.
+        `seen` (B, T): the item ids of each user's history (0 = padding); when the tower's encoder has a
+        seen bias (models/seen_bias.py) its learned score is added to those items' next-item logits.
         """
         if lower is not None:
             hidden = forward_from_lower(self.llm, lower, attention_mask, user_context)  # (B, S, Dl)
@@ -142,10 +144,11 @@ class PersonalizedLM(nn.Module):
                 input_ids, attention_mask, user_context=user_context, logits_to_keep=1
             ).hidden_states
         summary = user_context.user_summary if user_context is not None else None
-        return (
-            self.item_head(hidden, attention_mask, summary),
-            self.category_head(hidden, attention_mask, summary),
-        )
+        items = self.item_head(hidden, attention_mask, summary)
+        seen_bias = self.tower.encoder.seen_bias
+        if seen is not None and seen_bias is not None:
+            items = seen_bias(items.float(), seen.to(items.device)).to(items.dtype)
+        return items, self.category_head(hidden, attention_mask, summary)
 
     # --- checkpoint ---
 

@@ -124,6 +124,33 @@ def test_head_user_skip_reads_the_user_tokens_and_leaves_cold_start_alone() -> N
     torch.testing.assert_close(plain[0], plain[1], rtol=0, atol=1e-6)  # zero gates, no skip: no user signal
 
 
+def test_skip_started_from_the_encoder_scores_as_the_encoder_seen_bias_included() -> None:
+    """USER-LLM with the skip initialised from its encoder (and the LLM path at zero, as `build_model`
+    starts it) ranks exactly as the sequence-only encoder, the encoder's seen bias included."""
+    from models.perceiver import PerceiverConfig
+    from models.user_encoder import UserEncoderConfig
+    from models.user_tower import UserTowerConfig
+    from training.userllm_setup import init_skip_from_encoder
+
+    torch.manual_seed(0)
+    encoder = UserEncoderConfig.tiny(seen_bias=True, tie_item_head=True)
+    tower = UserTowerConfig(encoder=encoder, perceiver=PerceiverConfig.tiny(), append_last_event=True)
+    config = UserLLMConfig.tiny(head_user_skip=True, tower=tower, num_items=99, num_categories=12)
+    model = PersonalizedLM(config, tiny_llama()).eval()
+    with torch.no_grad():
+        model.tower.encoder.seen_bias.raw.fill_(-0.1)  # b = -5
+        model.item_head.proj.weight.zero_()
+    init_skip_from_encoder(model)
+    features, mask, ids, am = _inputs([_events(5), _events(9, 3)])
+    seen = features["item"] * mask
+    items, _ = model.score(ids, am, model.user_context(features, mask), seen=seen)
+    expected = model.tower.encoder.last_item_logits(features, mask, seen)
+    torch.testing.assert_close(items, expected, rtol=1e-5, atol=1e-5)
+    unmarked, _ = model.score(ids, am, model.user_context(features, mask))  # no history given: no bias
+    moved = (items - unmarked).abs() > 1e-4
+    assert moved[0, 2:7].all() and moved[0].sum() == 5 and not moved[:, 17:].any()
+
+
 def test_last_event_token_is_the_encoders_newest_output_incrementally_too() -> None:
     from models.user_tower import UserTower, UserTowerConfig
 

@@ -102,3 +102,20 @@ def test_encoder_scorer_marks_the_whole_history_as_seen_beyond_the_window() -> N
     for name in ("10", "20", "30"):
         assert float(scores[u1, item(name)] - reference[u1, item(name)]) == pytest.approx(-10.0, abs=1e-4)
     assert float(scores[u1, item("40")] - reference[u1, item("40")]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_baselines_read_only_the_newest_history_events_when_asked(tmp_path: Path) -> None:
+    """`--history_events` reaches the sequence-only scorer of `baselines` (it was accepted and ignored)."""
+    encoder = pretrain_tiny_encoder(tmp_path)
+    rows = {}
+    for h in (0, 1):
+        cfg = EvalConfig(  # NDCG@1000 moves with the rank of every known target
+            checkpoint=str(encoder), out_dir=str(tmp_path / f"h{h}"), max_users=12, history_events=h,
+            ks="1,1000",
+        )
+        main(cfg)
+        rows[h] = json.loads((tmp_path / f"h{h}" / "results.json").read_text())
+        assert rows[h][1]["eval_config"]["history_events"] == h
+    assert rows[0][0]["next_item"] == rows[1][0]["next_item"]  # most-popular reads no history
+    ndcg = [rows[h][1]["next_item"]["all_items"]["ndcg@1000"] for h in (0, 1)]
+    assert ndcg[0] > 0 and ndcg[0] != ndcg[1]  # the encoder read one event instead of its window

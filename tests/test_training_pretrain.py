@@ -211,3 +211,18 @@ def test_rotary_tied_encoder_trains_saves_and_reloads(tmp_path: Path) -> None:
     last = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
     load_state_strict(last, load_checkpoint(Path(cfg.resolved_run_dir) / "last").state_dict)
     assert last.heads["item"].weight.shape == (encoder.config.features[0].vocab_size, encoder.config.d_model)
+
+
+def test_one_window_per_user_sampling_sizes_the_epoch_by_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--sampling=users`: an epoch is one window per user (12 users), so `epochs` resolves to steps of
+    users, not of stride windows; the run trains and saves like the default."""
+    cfg = TrainConfig.tiny(
+        out_dir=str(tmp_path / "encoder"), run_dir=str(tmp_path / "run"), sampling="users", epochs=2.0,
+        steps=1,
+    )  # fmt: skip
+    summary = main(cfg)
+    assert "on 12 windows, steps 0 -> 4" in capsys.readouterr().out  # 2 epochs x ceil(12 / 8) steps
+    assert Path(summary["out_dir"], "model.safetensors").is_file()
+    assert cli.main(["pretrain-encoder", "--sampling=everything"]) == 2

@@ -62,8 +62,10 @@ def run_baselines(
     ks: Sequence[int],
     encoder: Any = None,
     batch_size: int = 128,
+    history_events: int = 0,
 ) -> list[dict[str, Any]]:
-    """Results of most-popular (always) and sequence-only (when an encoder is given)."""
+    """Results of most-popular (always) and sequence-only (when an encoder is given; it reads the newest
+    `history_events` events when that is smaller than its window)."""
     popular = most_popular_scores(corpus)
     genre = majority_genre(corpus)
     results = [
@@ -76,7 +78,7 @@ def run_baselines(
         }
     ]
     if encoder is not None:
-        score_items, predict_genre = encoder_scorers(encoder, corpus)
+        score_items, predict_genre = encoder_scorers(encoder, corpus, history_events)
         results.append(
             {
                 "model": "sequence-only (pretrained encoder item head)",
@@ -92,7 +94,10 @@ def main(cfg: EvalConfig) -> list[dict[str, Any]]:
     encoder, _, ck = load_encoder(cfg.checkpoint)
     corpus = load_corpus_for(ck, cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users)
     examples = corpus.examples(cfg.split)
-    results = run_baselines(corpus, examples, ks=cfg.k_list, encoder=encoder, batch_size=cfg.batch_size)
+    results = run_baselines(
+        corpus, examples, ks=cfg.k_list, encoder=encoder, batch_size=cfg.batch_size,
+        history_events=cfg.history_events,
+    )  # fmt: skip
     if cfg.label:
         results[-1]["model"] = cfg.label  # name the sequence-only row, e.g. after the encoder's size
     for result in results:

@@ -69,6 +69,8 @@ class TrainConfig:
     max_users: int = 0  # keep only the first N users (0 = all); for smoke tests and quick runs
     window: int = 50  # events per training window = encoder positions (paper: 50)
     stride: int = 50  # step between training windows of one user's history
+    sampling: Literal["windows", "users", "last"] = "windows"  # pretrain-encoder: each epoch reads every
+    # stride window, one randomly placed window per user, or each user's newest window (window_sampler.py)
     side_loss_weight: float = 1.0  # pretrain-encoder: weight of each side feature's next-event loss
     # (category, rating, length) against the item loss's 1: 1 = the paper's mean over features, 0 = item only
     select_by: Literal["loss", "ndcg"] = "loss"  # pretrain-encoder: the checkpoint kept, lowest validation

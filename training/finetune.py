@@ -42,7 +42,6 @@ from training.distributed import barrier, main_first, parallel_step, setup, shar
 from training.evaluate import encoder_from_checkpoint
 from training.generic_text import generic_texts
 from training.metrics import ranking_metrics, target_ranks
-from training.pretrain import batch_order
 from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
 from training.tasks import TaskRunner, nouns, training_examples
 from training.text_tasks import TEXT_TASKS, TOP_K, TextTasks
@@ -53,6 +52,7 @@ from training.userllm_setup import (
     init_head_centers,
     split_new_parameters,
 )
+from training.window_sampler import batch_order
 
 __all__ = ["build_pools", "main"]
 

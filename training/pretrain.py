@@ -6,10 +6,11 @@ windows of 50 events and is trained with the mean of the per-feature next-event 
 (0 = item loss only, as SASRec+ trains), `window` sets the history length, and `positions`,
 `tie_item_head`, `init_std`, `seen_bias` choose the encoder's variants (recipe `ml-100k-rotary-tied`,
 docs/results.md "Encoders"). Windows come from the TRAIN part of the leave-last-out split, so the
-validation and test targets are never seen; every position of a window predicts its next event.
-Validation = the same loss at the held-out validation event (history -> target), plus its full-ranking
-Recall@10 / NDCG@10 over all items and excluding the history; `select_by` keeps the checkpoint of the
-best loss or NDCG.
+validation and test targets are never seen; every position of a window predicts its next event;
+`sampling` chooses the windows of an epoch (training/window_sampler.py: every stride window, or one
+per user). Validation = the same loss at the held-out validation event (history -> target), plus its
+full-ranking Recall@10 / NDCG@10 over all items and excluding the history; `select_by` keeps the
+checkpoint of the best loss or NDCG.
 
 Reads top to bottom like nanoGPT `train.py`; split into `main -> fit -> validate` like litgpt.
 Under `torchrun` each rank trains on its shard of every global batch (training/distributed.py) and
@@ -39,10 +40,11 @@ from models.features import collate_events
 from models.user_encoder import UserEncoder, UserEncoderConfig
 from training.config import TrainConfig, seed_everything
 from training.corpus import Corpus, git_sha, load_corpus
-from training.data import Vocab, encode_events, sliding_windows
+from training.data import Vocab, encode_events
 from training.distributed import barrier, gather, parallel_step, setup, shard, shard_mean, teardown, world
 from training.metrics import ranking_metrics, seen_mask, target_ranks
 from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
+from training.window_sampler import WindowSampler
 
 __all__ = ["ValidationBatch", "encoder_config", "last_event_losses", "main", "save_encoder", "validate"]
 
@@ -64,14 +66,6 @@ def encoder_config(cfg: TrainConfig, vocabs: dict[str, Vocab]) -> UserEncoderCon
         tie_item_head=cfg.tie_item_head, init_std=cfg.init_std, positions=cfg.positions,
         seen_bias=cfg.seen_bias,
     )  # fmt: skip
-
-
-def batch_order(step: int, num: int, batch_size: int, seed: int) -> list[int]:
-    """Window indices of `step`: a fresh seeded permutation per epoch, so resuming replays exactly."""
-    per_epoch = max(1, math.ceil(num / batch_size))
-    epoch, index = divmod(step, per_epoch)
-    perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed + epoch))
-    return perm[index * batch_size : (index + 1) * batch_size].tolist()
 
 
 def last_event_losses(
@@ -185,7 +179,7 @@ def save_encoder(
 # --- training ---
 
 
-def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[dict], total: int) -> dict:
+def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: WindowSampler, total: int) -> dict:
     run_dir = Path(cfg.resolved_run_dir)
     optimizer = configure_optimizer(encoder, lr=cfg.lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
     start = Resumed()
@@ -208,7 +202,7 @@ def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: list[di
 
     def loss_at(step: int) -> tuple[Tensor, dict[str, Any]]:
         """The mean over features of each feature's mean over the global batch's predicted events."""
-        part, _ = shard([windows[i] for i in batch_order(step, len(windows), cfg.batch_size, cfg.seed)])
+        part, _ = shard(windows.batch(step))
         features, mask = collate_events(part, max_len=cfg.window)
         terms = encoder.pretrain_loss_terms({k: v.to(device) for k, v in features.items()}, mask.to(device))
         means, counts = (torch.stack(t) for t in zip(*terms.values(), strict=True))
@@ -230,13 +224,13 @@ def main(cfg: TrainConfig) -> dict:
     corpus = load_corpus(
         cfg.dataset, cfg.path, category=cfg.category, max_users=cfg.max_users, length=cfg.length_dim > 0
     )
-    windows = [
-        encode_events(w.events, corpus.vocabs)
-        for w in sliding_windows(corpus.splits.train, window=cfg.window, stride=cfg.stride)
-    ]
-    if not windows:
+    windows = WindowSampler(
+        corpus.splits.train, corpus.vocabs, window=cfg.window, stride=cfg.stride, sampling=cfg.sampling,
+        batch_size=cfg.batch_size, seed=cfg.seed,
+    )  # fmt: skip
+    if not len(windows):
         raise ValueError(f"{cfg.dataset}: no training window of >= 2 events")
-    total = cfg.steps if cfg.epochs <= 0 else math.ceil(cfg.epochs * math.ceil(len(windows) / cfg.batch_size))
+    total = cfg.steps if cfg.epochs <= 0 else math.ceil(cfg.epochs * windows.steps_per_epoch)
     cfg = dataclasses.replace(cfg, steps=total)  # the resolved config goes into the manifest
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

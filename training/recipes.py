@@ -101,6 +101,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         Recipe("finetune", "ml-100k-next-item", "single-task USER-LLM on ML-100K: R@10 0.089 / 0.135",
                dict(_USERLLM, **_ML100K, tasks="next_item", steps=1200, batch_size=32, warmup=50,
                     eval_interval=200, eval_users=0)),
+        Recipe("finetune", "ml-100k-next-item-skip",
+               "single-task USER-LLM on ML-100K whose heads also read the encoder's newest state directly "
+               "(a skip around the LLM, started as the encoder's own heads; not in the paper)",
+               dict(_USERLLM, **_ML100K, tasks="next_item", steps=600, batch_size=32, warmup=50,
+                    eval_interval=100, eval_users=0, head_user_skip=True)),
         Recipe("finetune", "ml-100k", "multi-task USER-LLM on ML-100K (scoring + language tasks)",
                dict(_USERLLM, **_ML100K, tasks=_MULTITASK_NEXT_ITEM, steps=2100, batch_size=32,
                     text_batch_size=16, warmup=50, eval_interval=700, eval_users=0)),

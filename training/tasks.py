@@ -31,7 +31,7 @@ from models.prompts import instruction, nouns, prompt_ids
 from models.user_encoder import UserEncoderConfig
 from models.user_tower import UserTowerConfig
 from models.userllm import LLMAdapterConfig, UserContext
-from training.corpus import Corpus, encoded
+from training.corpus import Corpus, encoded, history_items
 from training.data import Example, favourite_category, format_rating
 from training.distill import EncoderTeacher, distillation_loss
 from training.distributed import all_ranks, shard_mean
@@ -211,18 +211,23 @@ class TaskRunner:
     # --- losses ---
 
     def scores(self, examples: Sequence[Example], task: str) -> Tensor:
-        """(B, I) next-item or (B, C) category logits (pad / unknown ids get -inf)."""
+        """(B, I) next-item or (B, C) category logits (pad / unknown ids get -inf); next-item logits carry
+        the encoder's seen bias over the whole history when it has one (`PersonalizedLM.score`)."""
+        seen = None
+        if task == "next_item" and self.model.tower.encoder.seen_bias is not None:
+            seen = history_items([ex.history for ex in examples], self.corpus.vocabs["item"])
         if self.user_input == "text":  # one prompt per user: left-padded, the whole LLM runs
             key = "next_item" if task == "next_item" else "genre"
             prompts = [self.with_history(ex, key, category=self.category_noun) for ex in examples]
             ids, mask = (
                 t.to(self.device) for t in left_pad(prompts, pad_token_id=self.tokenizer.pad_token_id)
             )
-            items, categories = self.model.score(ids, mask, None)
+            items, categories = self.model.score(ids, mask, None, seen=seen)
         else:
             ids, mask = self.fixed_prompt(task, len(examples))
             lower = self.lower(task, len(examples)) if self.reuse_lower else None
-            items, categories = self.model.score(ids, mask, self.context(examples, self.texts[task]), lower)
+            context = self.context(examples, self.texts[task])
+            items, categories = self.model.score(ids, mask, context, lower, seen=seen)
         logits = (items if task == "next_item" else categories).float()
         logits[:, :2] = -torch.inf
         return logits
