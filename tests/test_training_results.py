@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.results import ResultsConfig, main
+from training.results import ResultsConfig, main, series_colors
 
 
 def _row(model: str, group: str = "", **extra) -> dict:
@@ -82,3 +82,11 @@ def test_review_rows_get_a_review_table_with_samples_beside_the_reference(tmp_pa
     assert "| USER-LLM | 0.200 | 0.150 | 0.900 | 0.000 | 0% | 1.050 | +33.3% (+0.0% to +50.0%) |" in text
     assert "| no user input | 0.200 | 0.150 | 0.900 | 0.000 | 0% | - | - |" in text
     assert "| u1, i1 | Great gift. | I love this magazine \\| a lot. | Bought as a gift. |" in text
+
+
+def test_every_model_of_a_chart_gets_its_own_colour() -> None:
+    """matplotlib's default cycle repeats after 10 series: a 12-model chart showed two pairs of models in
+    one colour each."""
+    for n in (1, 10, 11, 12, 20, 21, 35):
+        colors = series_colors(n)
+        assert len(colors) == n and len(set(colors)) == n

@@ -21,7 +21,7 @@ from typing import Any
 
 from training.results_text import review_tables, text_tables
 
-__all__ = ["ANCHORS", "ResultsConfig", "main", "markdown_table", "plot_results"]
+__all__ = ["ANCHORS", "ResultsConfig", "main", "markdown_table", "plot_results", "series_colors"]
 
 # pmixer/SASRec.pytorch on ML-100K (maxlen 50), full ranking, as quoted in the issue.
 ANCHORS: dict[str, list[dict[str, Any]]] = {
@@ -100,6 +100,17 @@ def markdown_table(results: Sequence[dict[str, Any]], anchors: Sequence[dict[str
 # --- plots ---
 
 
+def series_colors(n: int) -> list[tuple[float, ...]]:
+    """`n` distinct RGBA colours: matplotlib's tab10 up to 10 series, tab20 up to 20 (its default cycle
+    repeats after 10, which made two models of one chart share a colour), evenly spaced turbo beyond."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        cmap = colormaps["tab10" if n <= 10 else "tab20"]
+        return [tuple(cmap(i)) for i in range(n)]
+    return [tuple(colormaps["turbo"](i / (n - 1))) for i in range(n)]
+
+
 def plot_results(
     results: Sequence[dict[str, Any]], out_dir: str | Path, name: str = "next_item.png"
 ) -> Path | None:
@@ -118,10 +129,12 @@ def plot_results(
     keys = list(results[0]["next_item"]["all_items"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.2 * math.ceil(len(results) / 2)), sharey=True)
     width = 0.8 / max(1, len(results))
+    colors = series_colors(len(results))
     for ax, protocol in zip(axes, protocols, strict=True):
         for i, row in enumerate(results):
             values = [row["next_item"][protocol][k] for k in keys]
-            ax.bar([j + i * width for j in range(len(keys))], values, width, label=row["model"])
+            xs = [j + i * width for j in range(len(keys))]
+            ax.bar(xs, values, width, label=row["model"], color=colors[i])
         ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(keys))], keys)
         ax.set_title(protocol.replace("_", " "))
         ax.grid(axis="y", alpha=0.3)
