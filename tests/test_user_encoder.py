@@ -224,10 +224,10 @@ def test_init_std_draws_small_weights_and_keeps_padding_rows_zero() -> None:
     torch.manual_seed(0)
     model = UserEncoder(UserEncoderConfig.tiny(init_std=0.02))
     table = model.embed.embeddings["item"].embed.weight
-    assert 0.015 < float(table[1:].std()) < 0.025 and float(table[0].abs().max()) == 0.0
-    assert float(model.blocks[0].attn.q_proj.bias.abs().max()) == 0.0
+    assert 0.015 < float(table[1:].detach().std()) < 0.025 and float(table[0].detach().abs().max()) == 0.0
+    assert float(model.blocks[0].attn.q_proj.bias.detach().abs().max()) == 0.0
     default = UserEncoder(UserEncoderConfig.tiny())  # PyTorch's init: N(0, 1) embeddings
-    assert float(default.embed.embeddings["item"].embed.weight[1:].std()) > 0.5
+    assert float(default.embed.embeddings["item"].embed.weight[1:].detach().std()) > 0.5
     with pytest.raises(ValueError, match="init_std"):
         UserEncoderConfig.tiny(init_std=-1.0)
 
@@ -246,7 +246,7 @@ def test_seen_bias_adds_a_learned_score_to_the_items_each_prediction_has_read() 
     assert_close(model.pretrain_losses(feats, mask)["item"], plain.pretrain_losses(feats, mask)["item"])
     with torch.no_grad():
         model.seen_bias.raw.fill_(-0.1)
-    b = float(model.seen_bias.bias)
+    b = float(model.seen_bias.bias.detach())
     assert b == pytest.approx(-5.0)
     hidden = model(feats, mask).hidden  # (B, T, D)
     logits = model.next_event_logits(hidden)["item"]  # (B, T, V), no bias
