@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -111,21 +112,24 @@ def engine_args(description: str, rows: int, what: str) -> argparse.Namespace:
     return args
 
 
-def time_engines(load: Callable[[Engine], Dataset], repeats: int) -> dict[str, list[float]]:
-    """Seconds per load, per engine (python first in each round); exits when the engines' data sets
-    differ or one engine's differ between rounds."""
+def time_engines(
+    load: Callable[[Engine], Any], repeats: int, hash_of: Callable[[Any], int] = fingerprint,
+    describe: Callable[[Any], str] = lambda dataset: f"{dataset.num_events:,} events",
+) -> dict[str, list[float]]:
+    """Seconds per load, per engine (python first in each round); exits when the engines' results
+    (`hash_of`; a data set's `fingerprint` by default) differ or one engine's differ between rounds."""
     seconds: dict[str, list[float]] = {engine: [] for engine in ENGINES}
     prints: dict[str, set[int]] = {engine: set() for engine in ENGINES}
     for _ in range(repeats):
         for engine in ENGINES:
             start = time.perf_counter()
-            dataset = load(engine)
+            result = load(engine)
             seconds[engine].append(time.perf_counter() - start)
-            prints[engine].add(fingerprint(dataset))
-            print(f"{engine}: {seconds[engine][-1]:.1f} s, {dataset.num_events:,} events", flush=True)
-            del dataset
+            prints[engine].add(hash_of(result))
+            print(f"{engine}: {seconds[engine][-1]:.1f} s, {describe(result)}", flush=True)
+            del result
     if prints["python"] != prints["columnar"] or len(prints["python"]) != 1:
-        raise SystemExit(f"error: the engines gave different data sets ({prints})")
+        raise SystemExit(f"error: the engines gave different results ({prints})")
     return seconds
 
 

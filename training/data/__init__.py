@@ -10,6 +10,7 @@ timeline format, vocabularies and encoding, leave-last-out splits, windows, k-co
 
 from __future__ import annotations
 
+from models.vocab import format_rating, item_sort_key
 from training.data.amazon import load_amazon_2018, load_amazon_2023
 from training.data.download import download, download_file
 from training.data.errors import (
@@ -26,7 +27,6 @@ from training.data.movielens import load_movielens
 from training.data.registry import DATASETS, ML_LATEST_SMALL, canonical_name, load_dataset
 from training.data.splits import Example, Splits, Window, k_core, leave_last_out, sliding_windows
 from training.data.stats import DatasetStats, compute_stats, format_stats
-from models.vocab import format_rating, item_sort_key
 from training.data.timeline import Dataset, Event, Item, TieBreak, build_timelines
 from training.data.vocab import PAD_ID, UNK_ID, Vocab, build_vocabs, encode_events
 
@@ -35,7 +35,7 @@ __all__ = [
     "DataError", "DataFormatError", "Dataset", "DatasetNotFoundError", "DatasetStats", "DownloadError",
     "ErrorPolicy", "Event", "Example", "Item", "OnError", "Splits", "TieBreak", "Vocab", "Window",
     "build_timelines", "build_vocabs", "canonical_name", "compute_stats", "download", "download_file",
-    "encode_events", "favourite_categories", "favourite_category", "format_rating", "format_stats", "item_sort_key",
-    "k_core", "leave_last_out", "load_amazon_2018", "load_amazon_2023", "load_dataset",
+    "encode_events", "favourite_categories", "favourite_category", "format_rating", "format_stats",
+    "item_sort_key", "k_core", "leave_last_out", "load_amazon_2018", "load_amazon_2023", "load_dataset",
     "load_google_local", "load_google_local_meta", "load_movielens", "sliding_windows",
 ]  # fmt: skip

@@ -15,9 +15,11 @@ report both.
 Engines: `"columnar"` (default) reads a review file with Arrow's JSON reader (`amazon_columnar.py`)
 when it is in the strict shape that reader checks, else line by line; `"python"` reads it line by line
 (the reference). Both give the same data set and counters, and the same error naming file and line.
-Metadata files are read line by line by both.
-Metadata: first record per item id wins; HTML-debris titles (starting with '<') fall back to the
-brand/store; HTML entities in categories are unescaped. The event's category feature is the level-2
+Metadata files likewise: Arrow's JSON reader converting only the fields used
+(`amazon_meta_columnar.py`) when the file is in its strict shape, else line by line.
+Metadata: first record per item id wins; the categories are `category` when not null, else
+`categories`; HTML-debris titles (starting with '<') fall back to the brand/store; HTML entities in
+categories are unescaped. The event's category feature is the level-2
 category (category[1]) when present, else category[0] (else the 2023 main_category), else none.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from training.data.amazon_columnar import read_reviews
+from training.data.amazon_meta_columnar import read_meta
 from training.data.errors import DataFormatError, DatasetNotFoundError, ErrorPolicy, OnError
 from training.data.files import (
     as_float,
@@ -53,10 +56,10 @@ def _text(value: Any) -> str | None:
 
 
 def clean_categories(raw: Any) -> tuple[str, ...]:
-    """Category path with HTML entities unescaped and empty entries dropped."""
+    """Category path with HTML entities unescaped and empty (or null) entries dropped."""
     if not isinstance(raw, list):
         return ()
-    cleaned = (html.unescape(str(entry)).strip() for entry in raw)
+    cleaned = (html.unescape(str(entry)).strip() for entry in raw if entry is not None)
     return tuple(entry for entry in cleaned if entry)
 
 
@@ -98,14 +101,34 @@ def _resolve(
     return reviews, meta, category
 
 
-def _load_meta(
-    path: Path | None, id_keys: tuple[str, ...], brand_key: str, policy: ErrorPolicy
+def load_meta(
+    path: Path | None, id_keys: tuple[str, ...], brand_key: str, policy: ErrorPolicy, engine: Engine
 ) -> tuple[dict[str, Item], dict[str, tuple[str, ...]]]:
     """Items and each item's category feature; first record per id wins."""
     items: dict[str, Item] = {}
     features: dict[str, tuple[str, ...]] = {}
+
+    def add(item_id: str, title: Any, brand: Any, main: Any, categories_raw: Any) -> None:
+        if item_id in items:
+            return
+        categories = clean_categories(categories_raw)
+        main_text = _text(main)
+        items[item_id] = Item(item_id, clean_title(title, brand), categories)
+        main_category = html.unescape(main_text).strip() if main_text else None
+        features[item_id] = category_feature(categories, main_category)
+
     if path is None:
         return items, features
+    columns = read_meta(path, id_keys, brand_key) if engine == "columnar" else None
+    if columns is not None:
+        for item_id, title, brand, main, categories_raw in columns.rows():
+            if item_id is None:
+                break  # a record without an id: read line by line below, which names the line
+            add(item_id, title, brand, main, categories_raw)
+        else:
+            return items, features
+        items.clear()
+        features.clear()
     for number, line in read_lines(path):
         if not line.strip():
             continue
@@ -117,13 +140,11 @@ def _load_meta(
         except DataFormatError as error:
             policy(error)
             continue
-        item_id = str(item_id)
-        if item_id in items:
-            continue
-        categories = clean_categories(record.get("category", record.get("categories")))
-        main = _text(record.get("main_category"))
-        items[item_id] = Item(item_id, clean_title(record.get("title"), record.get(brand_key)), categories)
-        features[item_id] = category_feature(categories, html.unescape(main) if main else None)
+        categories_raw = record.get("category")
+        if categories_raw is None:
+            categories_raw = record.get("categories")
+        title, brand, main = record.get("title"), record.get(brand_key), record.get("main_category")
+        add(str(item_id), title, brand, main, categories_raw)
     return items, features
 
 
@@ -141,7 +162,7 @@ def _load(
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     policy = ErrorPolicy(on_error)
     counters = {"duplicate_lines": 0, "duplicate_reviews": 0}
-    items, features = _load_meta(meta, ("parent_asin", "asin"), fields["brand"], policy)
+    items, features = load_meta(meta, ("parent_asin", "asin"), fields["brand"], policy, engine)
     seen: set[tuple[str, str | None, int]] = set()
     rows: list[tuple[str, int, Event]] = []
 

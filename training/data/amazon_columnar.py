@@ -12,14 +12,13 @@ the user id, the item ids (parent_asin, asin), text and summary columns are stri
 the rating a number other than NaN (Arrow's int64 or double), the time an integer (int64); no row
 lacks the user, the rating, the time or both item ids; no key twice in an object. Anything else (a
 bad line, a number where a string is expected, a time written as 1.6e12, a line of spaces, invalid
-UTF-8) falls back.
+UTF-8, a byte-order mark, which Arrow skips and `json.loads` rejects) falls back.
 
 What the line-by-line reader does, done here the same way:
 - identical lines (compared as raw text) are dropped after the first, counted in `duplicate_lines`:
-  the raw lines come from Arrow's CSV reader with a delimiter that a valid JSON line cannot hold
-  unescaped (U+001F) and no quoting, so row i of the lines is row i of the parsed table (both skip
-  empty lines; a count mismatch falls back); only lines that share their user and time with another
-  are compared;
+  the raw lines come from `columnar.raw_lines`, so row i of the lines is row i of the parsed table
+  (both skip empty lines; a count mismatch falls back); only lines that share their user and time
+  with another are compared;
 - the item id is parent_asin when non-empty, else asin; text and summary blank -> None; the same
   (user, text, time) again is one review copied onto product variants (`duplicate_reviews`).
 The events are then built row by row in Python, as the line-by-line reader builds them.
@@ -34,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.json as pajson
+
+from training.data.columnar import raw_lines
 
 __all__ = ["ReviewColumns", "read_reviews"]
 
-LINE_DELIMITER = "\x1f"  # a control character: inside a JSON string it must be escaped (RFC 8259)
 _STRING_TYPES = (pa.string(), pa.large_string(), pa.null())
 _NUMBER_TYPES = (pa.int64(), pa.float64())
 
@@ -70,27 +69,7 @@ class ReviewColumns:
             )  # fmt: skip
 
 
-def _raw_lines(path: Path) -> pa.ChunkedArray | None:
-    """Every non-empty line of `path` as one string each, or None when Arrow cannot read them so."""
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=["line"]),
-            parse_options=pacsv.ParseOptions(
-                delimiter=LINE_DELIMITER, quote_char=False, ignore_empty_lines=True
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"line": pa.string()}, strings_can_be_null=False
-            ),
-        )
-    except (pa.ArrowInvalid, OSError, EOFError):
-        return None
-    return table["line"]
-
-
-def _first_occurrences(
-    lines: pa.ChunkedArray, users: pa.ChunkedArray, times: pa.ChunkedArray
-) -> np.ndarray:
+def _first_occurrences(lines: pa.ChunkedArray, users: pa.ChunkedArray, times: pa.ChunkedArray) -> np.ndarray:
     """Indices (ascending) of the first occurrence of every distinct line.
 
     Identical lines hold the same user and time, so only rows whose (user, time) pair repeats are
@@ -129,7 +108,7 @@ def read_reviews(path: Path, fields: dict[str, str], id_keys: tuple[str, str]) -
 
     `fields` maps "user", "rating", "time", "text", "summary" to the file's keys; `id_keys` are the
     item id keys in order of preference (parent_asin, asin)."""
-    lines = _raw_lines(path)
+    lines = raw_lines(path)
     if lines is None:
         return None
     try:

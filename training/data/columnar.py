@@ -1,4 +1,5 @@
-"""Columnar CSV reading with Apache Arrow (`pyarrow.csv`): the fast path of the CSV loaders.
+"""Columnar reading with Apache Arrow (`pyarrow.csv`): the fast path of the CSV loaders, and the raw
+lines of a JSON-lines file for the JSON fast paths (`amazon_columnar.py`, `amazon_meta_columnar.py`).
 
 Followed: the pyarrow docs "Reading CSV files" (`ReadOptions`, `ParseOptions`, `ConvertOptions`) and
 "Compute Functions" (`match_substring_regex`, `cast`, `all`).
@@ -37,6 +38,9 @@ import pyarrow.csv as pacsv
 
 from training.data.files import open_text
 
+LINE_DELIMITER = "\x1f"  # a control character: inside a JSON string it must be escaped (RFC 8259)
+BOM = b"\xef\xbb\xbf"
+
 ID_PATTERN = r"^(0|[1-9][0-9]{0,8})$"
 INT_PATTERN = r"^-?[0-9]{1,18}$"
 DECIMAL_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,6})?$"
@@ -50,6 +54,41 @@ def _first_row(path: Path) -> list[str] | None:
             return next(csv.reader(handle), None)
     except (csv.Error, UnicodeDecodeError, OSError, EOFError):
         return None
+
+
+def starts_with_bom(path: Path) -> bool:
+    """Whether the (decompressed) file starts with a UTF-8 byte-order mark, which Arrow's readers skip
+    and the line-by-line readers do not (`json.loads` rejects it; `csv` keeps it in the first field)."""
+    try:
+        with open_text(path, encoding="latin-1") as handle:  # any bytes decode; U+00EF... for a BOM
+            return bytes(handle.read(3), "latin-1") == BOM
+    except (OSError, EOFError):
+        return False
+
+
+def raw_lines(path: Path) -> pa.ChunkedArray | None:
+    """Every non-empty line of a JSON-lines file as one string each, or None when Arrow cannot read
+    them so (or the file starts with a byte-order mark).
+
+    Arrow's CSV reader with a delimiter that a valid JSON line cannot hold unescaped (U+001F) and no
+    quoting gives one row per line; like Arrow's JSON reader it skips empty lines, so the i-th line
+    here is the i-th row of `pyarrow.json.read_json` whenever the two counts agree."""
+    if starts_with_bom(path):
+        return None
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=["line"]),
+            parse_options=pacsv.ParseOptions(
+                delimiter=LINE_DELIMITER, quote_char=False, ignore_empty_lines=True
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"line": pa.string()}, strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowInvalid, OSError, EOFError):
+        return None
+    return table["line"]
 
 
 def read_csv_strings(path: Path, header: tuple[str, ...]) -> pa.Table | None:

@@ -115,7 +115,11 @@ def _csv_rows(path: Path, header: tuple[str, ...], policy: ErrorPolicy) -> Itera
 
 
 def _any_rows(
-    path: Path, header: tuple[str, ...], policy: ErrorPolicy, engine: Engine, int_columns: tuple[str, ...] = ()
+    path: Path,
+    header: tuple[str, ...],
+    policy: ErrorPolicy,
+    engine: Engine,
+    int_columns: tuple[str, ...] = (),
 ) -> Iterator[tuple[int, list[str]] | tuple[int, tuple[str, ...]]]:
     """The CSV rows read by Arrow when the engine is columnar and Arrow takes the file, else line by line."""
     rows = read_rows(path, header, int_columns) if engine == "columnar" else None
