@@ -173,6 +173,13 @@ class TorchEngine:
         return self.model.llm.prepare_pplug_context(query, history.to(self.device), mask.to(self.device))
 
     @property
+    def seen_bias(self) -> float | None:
+        """The score the encoder learned for items already in the user's history (models/seen_bias.py),
+        added to their next-item scores when they are not excluded; None when the checkpoint has none."""
+        bias = self.model.tower.encoder.seen_bias
+        return None if bias is None else float(bias.bias.detach())
+
+    @property
     def max_context(self) -> int:
         """Positions a generation request may fill with prompt + new tokens: the backbone's
         `max_position_embeddings`, less the user prefix in soft-prompt / PPlug mode."""
@@ -235,6 +242,8 @@ class TorchEngine:
         cat_probs = cat_probs.softmax(-1)
         for i, job in enumerate(jobs):
             row = item_logits[i].float().clone()
+            if job.seen and self.seen_bias is not None:
+                row[torch.tensor(sorted(job.seen), device=row.device)] += self.seen_bias
             if job.exclude:
                 row[torch.tensor(sorted(job.exclude), device=row.device)] = float("-inf")
             k = min(job.k, int(torch.isfinite(row).sum()))

@@ -194,11 +194,15 @@ def _routes(app: FastAPI) -> None:
     async def recommend(body: RecommendRequest, state: StateDep) -> RecommendResponse:
         engine = state["engine"]
         user, updated_at = await resolve_user(state, body.user_id)
-        exclude: set[int] = set()
+        seen: set[int] = set()  # excluded, or scored with the encoder's learned seen-item score
+        if body.exclude_seen or engine.seen_bias is not None:
+            history = await read_seen_items(state["redis"], state["keys"], body.user_id)
+            seen = {engine.codec.items.encode(i) for i in history if i in engine.codec.items}
         if body.exclude_seen:
-            seen = await read_seen_items(state["redis"], state["keys"], body.user_id)
-            exclude = {engine.codec.items.encode(i) for i in seen if i in engine.codec.items}
-        result = await state["runner"].score(ScoreJob(user, k=body.k, exclude=exclude))
+            job = ScoreJob(user, k=body.k, exclude=seen)
+        else:
+            job = ScoreJob(user, k=body.k, seen=seen)
+        result = await state["runner"].score(job)
         items = [
             RecommendedItem(
                 item_id=(iid := engine.codec.items.decode(idx)),

@@ -34,6 +34,8 @@ class ScoreJob:
     k: int
     exclude: set[int] = field(default_factory=set)  # item vocabulary ids not to recommend
     task: ScoreTask = "next_item"  # which instruction is scored (each head was trained on its own)
+    seen: set[int] = field(default_factory=set)  # item vocabulary ids of the user's history: they get
+    # the encoder's learned seen-item score when the checkpoint has one (TorchEngine.seen_bias)
 
 
 @dataclass

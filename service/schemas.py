@@ -108,7 +108,11 @@ class EventsAccepted(BaseModel):
 class RecommendRequest(Strict):
     user_id: Id
     k: Int = Field(10, ge=1, le=100)
-    exclude_seen: bool = True
+    exclude_seen: bool = Field(
+        True,
+        description="leave out items in the user's history; false: rank them too, with the encoder's "
+        "learned seen-item score when the checkpoint has one",
+    )
 
 
 class RecommendedItem(BaseModel):

@@ -9,6 +9,7 @@ import torch
 from llm_fixtures import real_backbone_dir  # noqa: F401
 from service_fixtures import build_tiny_stack
 
+from models.seen_bias import SeenItemBias
 from service.engine import ScoreJob, TorchEngine, UserInput
 
 
@@ -51,3 +52,29 @@ def test_genre_and_next_item_use_their_own_prompts(engine: TorchEngine) -> None:
     genre_on_item_prompt = _full_scores(engine, engine.score_prompt, users[1].user_tokens)[1]  # type: ignore[arg-type]
     genre_on_genre_prompt = _full_scores(engine, engine.genre_prompt, users[1].user_tokens)[1]  # type: ignore[arg-type]
     assert (genre_on_item_prompt - genre_on_genre_prompt).abs().max() > 1e-4  # the prompt matters
+
+
+def test_seen_items_get_the_encoders_learned_score_when_not_excluded(engine: TorchEngine) -> None:
+    """With a seen bias in the checkpoint's encoder, the history's items are scored b lower (b < 0),
+    as the encoder scored them in training; without one, `seen` changes nothing."""
+    rng = np.random.default_rng(1)
+    shape = engine.user_token_shape
+    user = UserInput(rng.standard_normal(shape).astype(np.float16))
+    vocab = len(engine.codec.items.tokens)
+    plain = engine.score_batch([ScoreJob(user, k=vocab)])[0].items
+    best, second = plain[0][0], plain[1][0]
+    assert engine.seen_bias is None
+    assert engine.score_batch([ScoreJob(user, k=vocab, seen={best})])[0].items == plain
+    encoder = engine.model.tower.encoder
+    try:
+        encoder.seen_bias = SeenItemBias()
+        with torch.no_grad():
+            encoder.seen_bias.raw.fill_(-0.1)  # b = -5
+        assert engine.seen_bias == pytest.approx(-5.0)
+        scored = dict(engine.score_batch([ScoreJob(user, k=vocab, seen={best})])[0].items)
+        assert scored[best] == pytest.approx(dict(plain)[best] - 5.0, abs=1e-4)
+        assert scored[second] == pytest.approx(dict(plain)[second], abs=1e-6)
+        excluded = engine.score_batch([ScoreJob(user, k=vocab, exclude={best}, seen={best})])[0].items
+        assert best not in dict(excluded)
+    finally:
+        encoder.seen_bias = None
