@@ -68,10 +68,9 @@ train-demo: install backbone
 		--text_users=24
 
 # The PPlug checkpoint (recipe "demo-pplug": frozen LLM, the history's sentence embeddings weighed by
-# each request's input; next item + genre), on the demo encoder (trained first if absent), then its
-# text check, which fails for this scoring-only recipe (its prefix breaks generated text; measured in
-# docs/serving.md): the failure is printed and ignored, so the checkpoint still serves its scores.
-# Served with USERLLM_MODEL=pplug.
+# each request's input; the demo recipe's tasks: next item, genre, taste and suggestion text, generic KL),
+# on the demo encoder (trained first if absent), then its text check, which fails (exit 1) when the
+# personalized text degenerates. Served with USERLLM_MODEL=pplug.
 DEMO_PPLUG_DIR ?= $(CHECKPOINT_DIR)/pplug
 train-pplug: install backbone
 	@test -f $(DEMO_ENCODER_DIR)/manifest.json || nice $(BIN)/python -m training pretrain-encoder --recipe=demo \
@@ -79,7 +78,7 @@ train-pplug: install backbone
 	nice $(BIN)/python -m training finetune --recipe=demo-pplug --encoder_dir=$(DEMO_ENCODER_DIR) \
 		--out_dir=$(DEMO_PPLUG_DIR) --run_dir=$(DEMO_RUNS_DIR)/pplug --backbone_dir=$(USERLLM_BACKBONE_DIR) \
 		--threads=$(TRAIN_THREADS)
-	-nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_PPLUG_DIR) \
+	nice $(BIN)/python -m training text-check --checkpoint=$(DEMO_PPLUG_DIR) \
 		--out_dir=$(DEMO_RUNS_DIR)/text-check-pplug --text_users=24
 
 # The quick benchmark suite (about 10 minutes; needs Redis on 127.0.0.1:6379) -> docs/performance.md

@@ -68,12 +68,12 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                dict(_USERLLM, dataset="movielens-latest", steps=500, batch_size=16, warmup=20,
                     eval_interval=250, save_interval=250, log_interval=50, eval_users=200)),
         Recipe("finetune", "demo-pplug",
-               "PPlug on ml-latest-small (frozen LLM, input-aware history embedding): next item + genre "
-               "only; its generated text degenerates (text-check fails)",
+               "PPlug on ml-latest-small (frozen LLM, input-aware history embedding): the demo's tasks "
+               "(next item, genre, taste + suggestion text, generic KL)",
                dict(dataset="movielens-latest", mode="pplug", strategy="enc", encoder_heads=True,
                     head_center=True, distill=0.5, max_prompt_tokens=16, new_lr_mult=3.0, lr=6e-4,
-                    min_lr=6e-5, steps=300, batch_size=16, warmup=20, eval_interval=300, save_interval=150,
-                    log_interval=25, eval_users=200)),
+                    min_lr=6e-5, tasks=_MULTITASK, steps=600, batch_size=16, text_batch_size=8, warmup=20,
+                    eval_interval=600, save_interval=300, log_interval=50, eval_users=200)),
         Recipe("pretrain-encoder", "amazon-mag",
                "2-layer encoder on Amazon Magazine_Subscriptions with the review-length feature",
                dict(_AMAZON_MAG, n_layers=2, epochs=30, batch_size=32, length_dim=16, eval_interval=50,
