@@ -11,7 +11,6 @@ and without the user's tokens on both engines, so it could not show that the tok
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import numpy as np
@@ -19,17 +18,11 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm builds its environment)")
 
-import httpx  # noqa: E402
 import pytest_asyncio  # noqa: E402
-from asgi_lifespan import LifespanManager  # noqa: E402
 
 from models.generation import SamplingParams  # noqa: E402
-from service import generator  # noqa: E402
 from service.engine import GenerateJob, UserInput  # noqa: E402
-from service.keys import Keys  # noqa: E402
-from service.redis_conn import create_redis  # noqa: E402
-from service.user_store import StoredEvent, UserUpdate, write_updates  # noqa: E402
-from tests_vllm.conftest import vllm_settings  # noqa: E402
+from tests_vllm.conftest import served_generator, vllm_settings  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CHAT = {"task": "chat", "prompt": "Suggest a film for tonight.", "max_new_tokens": 12, "temperature": 0,
@@ -37,49 +30,15 @@ CHAT = {"task": "chat", "prompt": "Suggest a film for tonight.", "max_new_tokens
 TOKENS = np.random.default_rng(7).standard_normal((16, 32)).astype(np.float16)  # u1's cached user tokens
 
 
-@pytest.fixture(scope="module")
-def redis_url():
-    import redis
-
-    url = os.environ.get("USERLLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-        yield url
-        return
-    except redis.RedisError:
-        pass
-    from service.redis_conn import EmbeddedRedis
-
-    with EmbeddedRedis() as server:
-        yield server.url
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(checkpoint_dir, backbone_dir, torch_engine, redis_url):
-    """(client, keys): the generator app with the vLLM engine, and a user "u1" with cached tokens."""
+    """The generator app with the vLLM engine, and a user "u1" with cached tokens."""
     settings = vllm_settings(
         checkpoint_dir, backbone_dir, redis_url=redis_url, key_prefix=f"ullmvllm-{uuid.uuid4().hex[:8]}"
     )
-    keys = Keys(settings.key_prefix, settings.num_shards)
-    redis = create_redis(redis_url, "test")
     assert TOKENS.shape == torch_engine.user_token_shape
-    event = StoredEvent("e1", "1", 1000.0, "rating", 4.0, None)
-    update = UserUpdate(
-        user_id="u1", expected_rev="", add=[event], drop=[], user_tokens=TOKENS,
-        model_version=torch_engine.model_version, n_events_encoded=1, last_event_key="e1", state_kv=None,
-        state_keys=[], n_unknown=0, new_items=[("1", 1000.0)],
-    )  # fmt: skip
-    assert await write_updates(redis, keys, [update]) == [True]
-    app = generator.create_app(settings)
-    try:
-        async with LifespanManager(app, startup_timeout=600, shutdown_timeout=120) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=300) as client:
-                yield client
-    finally:
-        async for key in redis.scan_iter(match=f"{settings.key_prefix}:*"):
-            await redis.delete(key)
-        await redis.aclose()
+    async with served_generator(settings, TOKENS, torch_engine.model_version) as client:
+        yield client
 
 
 async def test_info_and_readiness_name_the_vllm_engine(server) -> None:
