@@ -111,10 +111,15 @@ test-vllm: vllm-env
 	@test -f $(BACKBONE_DIR)/config.json || $(MAKE) backbone
 	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q tests_vllm -o log_cli=true --log-cli-level=INFO
 
-# tokens/s at batch 1, 8, 32 and time to first token, vLLM vs the PyTorch engine -> docs/bench/vllm.md
+# tokens/s at batch 1, 8, 32 and time to first token, vLLM vs the PyTorch engine: the untrained soft-prompt
+# model -> docs/bench/vllm.md, and the cross-attention demo checkpoint when there is one (vLLM through the
+# vllm_userllm plugin) -> docs/bench/vllm-userllm.md
 bench-vllm: vllm-env
 	@test -f $(BACKBONE_DIR)/config.json || $(MAKE) backbone
 	$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm
+	@if test -f $(DEMO_USERLLM_DIR)/manifest.json; then \
+		$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm --checkpoint $(DEMO_USERLLM_DIR); \
+	else echo "no $(DEMO_USERLLM_DIR): cross-attention not measured (make train-demo)"; fi
 
 lint: install
 	$(BIN)/ruff check models training service tests tests_vllm vllm_userllm scripts benchmarks loadtests

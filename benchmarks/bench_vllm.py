@@ -1,9 +1,12 @@
 """The vLLM engine beside the PyTorch engine: decode tokens/s at batch 1, 8, 32 and time to first token,
-on the same soft-prompt model and prompts, in one process.
+on the same model and prompts, in one process.
 
-The model: the REAL SmolLM2-135M-Instruct backbone (float32) with an untrained soft-prompt USER-LLM
-around it (paper-sized user tower, a Linear projection of the 16 user tokens to the LLM width; the cost
-does not depend on the weight values), user tokens of real ml-latest-small users encoded by the tower.
+The model: by default the REAL SmolLM2-135M-Instruct backbone (float32) with an untrained soft-prompt
+USER-LLM around it (paper-sized user tower, a Linear projection of the 16 user tokens to the LLM width;
+the cost does not depend on the weight values); with `--checkpoint DIR` a trained checkpoint of a
+frozen-LLM strategy, e.g. the cross-attention demo checkpoint (`make train-demo`: checkpoints/userllm,
+decoded in vLLM through the `vllm_userllm` plugin, exported once into `--cache-dir`) or the PPlug one
+(checkpoints/pplug). User inputs of real ml-latest-small users encoded by the model's tower.
 B review requests (greedy, `--max-new-tokens`, 64 by default) start together and are served by
   - the PyTorch engine: the generation server's engine loop (`EngineLoop.generate`: continuous
     batching over the KV cache, models/continuous.py);
@@ -16,6 +19,7 @@ Greedy decoding stops at EOS on both sides, so both count the tokens they actual
 
 Run with the vLLM environment's python (make bench-vllm):
   USERLLM_BACKBONE_DIR=... .venv-vllm/bin/python -m benchmarks.bench_vllm [--repeats 2] [--batches 1,8,32]
+  ... -m benchmarks.bench_vllm --checkpoint checkpoints/userllm   (-> docs/bench/vllm-userllm.*)
 The device is CUDA when present (the same command on a GPU host gives the GPU figures), else CPU.
 """
 
@@ -27,6 +31,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,6 +43,7 @@ from benchmarks.movielens import load  # noqa: E402
 from models.backbone import backbone_id, load_backbone  # noqa: E402
 from models.generation import SamplingParams  # noqa: E402
 from models.personalized import PersonalizedLM, UserLLMConfig  # noqa: E402
+from models.pplug import REVIEW_QUERY  # noqa: E402
 from models.user_encoder import UserEncoderConfig  # noqa: E402
 from models.user_tower import UserTowerConfig  # noqa: E402
 from models.userllm import LLMAdapterConfig  # noqa: E402
@@ -73,6 +79,23 @@ def build_engine(device: str) -> TorchEngine:
     return TorchEngine(model, tokenizer, data.codec, "bench-soft-prompt-untrained", device)
 
 
+def load_engine(checkpoint: Path | None, device: str) -> TorchEngine:
+    """The trained checkpoint's engine, else the untrained soft-prompt model of `build_engine`."""
+    return (
+        build_engine(device) if checkpoint is None else TorchEngine.load(checkpoint, backbone_dir(), device)
+    )
+
+
+def describe(engine: TorchEngine) -> str:
+    config = engine.model.config
+    llm = config.llm
+    if llm.mode == "cross_attention":
+        return f"gated cross-attention before decoder layers {list(engine.model.llm.cross_attn_layers)}"
+    if llm.mode == "pplug":
+        return "PPlug: the [instruction, personal] prefix of 2 embeddings"
+    return f"soft prompt: {config.tower.num_user_tokens} projected user tokens ahead of the prompt"
+
+
 async def one_round(run, jobs: list[GenerateJob]) -> tuple[float, int, list[float]]:
     """(wall seconds, generated tokens, time to first text of each request) of B concurrent requests."""
     start = time.perf_counter()
@@ -85,24 +108,35 @@ async def one_round(run, jobs: list[GenerateJob]) -> tuple[float, int, list[floa
 
 
 def fresh(jobs: list[GenerateJob]) -> list[GenerateJob]:
-    return [GenerateJob(j.user, j.prompt, j.params) for j in jobs]
+    return [GenerateJob(j.user, j.prompt, j.params, query=j.query) for j in jobs]
 
 
 async def measure(args: argparse.Namespace, report: Report) -> None:
     device = resolve_device(args.device)
-    engine = build_engine(device)
+    engine = load_engine(args.checkpoint, device)
     data = load()
     users = data.users_with(50)[: max(args.batches)]
     histories = [data.histories[u][-50:] for u in users]
     tokens = engine.encode_histories(histories)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0, repetition_penalty=1.0)
     jobs = [
-        GenerateJob(UserInput(tokens[i]), engine.review_prompt(h[-1].item_id, h[-1].rating), params)
+        GenerateJob(
+            UserInput(tokens[i]),
+            engine.review_prompt(h[-1].item_id, h[-1].rating),
+            params,
+            query=REVIEW_QUERY,
+        )
         for i, h in enumerate(histories)
     ]
+    served = (
+        {}
+        if args.checkpoint is None
+        else dict(checkpoint_dir=args.checkpoint.parent, model=args.checkpoint.name)
+    )
     settings = Settings(
         backbone_dir=backbone_dir(), device=device, max_batch_size=max(args.batches), max_queue=1024,
         max_prompt_tokens=256, max_new_tokens_limit=args.max_new_tokens, vllm_kv_cache_gib=args.kv_cache_gib,
+        **served, **({} if args.cache_dir is None else {"cache_dir": args.cache_dir}),
     )  # fmt: skip
     started = time.perf_counter()
     vllm = VllmEngine.start(engine, settings)
@@ -157,7 +191,9 @@ async def measure(args: argparse.Namespace, report: Report) -> None:
         "repeats": args.repeats,
         "batches": args.batches,
         "prompt_tokens": [len(j.prompt) for j in jobs],
-        "prefix_tokens": engine.user_token_shape[0],
+        "model": describe(engine),
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "model_version": engine.model_version,
         "users": users,
     }
     report.notes = [
@@ -174,8 +210,8 @@ async def measure(args: argparse.Namespace, report: Report) -> None:
             else ""
         ),
         f"vLLM start-up (engine core process, model load, KV cache): {startup:.1f} s, not in the figures.",
-        "Prompts: the review instruction for each user's last rated movie, after the user's 16 projected "
-        "user tokens (soft prompt); greedy, repetition penalty 1.0 on both sides.",
+        "Prompts: the review instruction for each user's last rated movie; the user comes in by "
+        f"{describe(engine)}; greedy, repetition penalty 1.0 on both sides.",
     ]
 
 
@@ -186,14 +222,28 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="vLLM KV cache on CPU")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="a trained checkpoint folder (frozen-LLM strategy) instead of the untrained soft-prompt model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None,
+        help="where a cross-attention checkpoint is exported for vLLM (default: the service's cache_dir)",
+    )  # fmt: skip
     add_thread_arg(parser)
     args = parser.parse_args()
     apply_threads(args.threads)
+    model = (
+        "soft-prompt USER-LLM (real SmolLM2-135M-Instruct, float32, untrained adapters)"
+        if args.checkpoint is None
+        else f"trained checkpoint `{args.checkpoint}` (real SmolLM2-135M-Instruct, float32)"
+    )
     report = Report(
-        name="vllm",
-        title="vLLM engine vs PyTorch engine: decode tokens/s and time to first token",
+        name="vllm" if args.checkpoint is None else f"vllm-{args.checkpoint.name}",
+        title="vLLM engine vs PyTorch engine: decode tokens/s and time to first token"
+        + ("" if args.checkpoint is None else f" ({args.checkpoint.name} checkpoint)"),
         summary=(
-            "The same soft-prompt USER-LLM (real SmolLM2-135M-Instruct, float32, untrained adapters) and the "
+            f"The same {model} and the "
             "same review prompts of real ml-latest-small users, B requests started together (B = "
             f"{', '.join(map(str, args.batches))}), {args.max_new_tokens} new tokens at most, greedy: the "
             "generation server's PyTorch engine loop vs the vLLM engine (`USERLLM_ENGINE=vllm`). "
