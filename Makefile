@@ -112,14 +112,15 @@ test-vllm: vllm-env
 	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q tests_vllm -o log_cli=true --log-cli-level=INFO
 
 # tokens/s at batch 1, 8, 32 and time to first token, vLLM vs the PyTorch engine: the untrained soft-prompt
-# model -> docs/bench/vllm.md, and the cross-attention demo checkpoint when there is one (vLLM through the
-# vllm_userllm plugin) -> docs/bench/vllm-userllm.md
+# model -> docs/bench/vllm.md, then each demo checkpoint there is: cross-attention (vLLM through the
+# vllm_userllm plugin) -> docs/bench/vllm-userllm.md, PPlug -> docs/bench/vllm-pplug.md
 bench-vllm: vllm-env
 	@test -f $(BACKBONE_DIR)/config.json || $(MAKE) backbone
 	$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm
-	@if test -f $(DEMO_USERLLM_DIR)/manifest.json; then \
-		$(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm --checkpoint $(DEMO_USERLLM_DIR); \
-	else echo "no $(DEMO_USERLLM_DIR): cross-attention not measured (make train-demo)"; fi
+	@for ck in $(DEMO_USERLLM_DIR) $(DEMO_PPLUG_DIR); do \
+		if test -f $$ck/manifest.json; then $(VLLM_ENV) $(VLLM_BIN)/python -m benchmarks.bench_vllm --checkpoint $$ck; \
+		else echo "no $$ck: not measured (make train-demo / make train-pplug)"; fi; \
+	done
 
 lint: install
 	$(BIN)/ruff check models training service tests tests_vllm vllm_userllm scripts benchmarks loadtests
