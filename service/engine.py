@@ -211,9 +211,12 @@ class TorchEngine:
             self._lower[task] = lower_states(self.model.llm, ids)
         return self._lower[task]
 
-    def _score(self, users: Sequence[UserInput], task: ScoreTask) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(
+        self, users: Sequence[UserInput], task: ScoreTask, seen: Sequence[set[int]] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, I) item and (B, C) category logits of `users` on one task's prompt (one prompt for all
-        rows: no padding)."""
+        rows: no padding); `seen`: each row's history item ids, given the encoder's learned seen-item
+        score by the model (`PersonalizedLM.score`) when the checkpoint has one."""
         prompt = self.score_prompt if task == "next_item" else self.genre_prompt
         ids = torch.tensor([prompt], device=self.device).expand(len(users), -1)  # (B, S)
         mask = torch.ones_like(ids, dtype=torch.bool)
@@ -221,7 +224,12 @@ class TorchEngine:
         if split_layer(self.model.llm) > 0:  # cross-attention: skip the user-independent lower layers
             lower = self._lower_states(task).expand(len(users), -1, -1)  # (B, S, Dl)
         context = self._context(users, queries=[self.score_query[task]] * len(users))
-        return self.model.score(ids, mask, context, lower)
+        history = None  # (B, T) item ids, 0 = padding
+        if any(seen):
+            history = torch.zeros(len(seen), max(map(len, seen)), dtype=torch.long, device=self.device)
+            for row, items in enumerate(seen):
+                history[row, : len(items)] = torch.tensor(sorted(items), dtype=torch.long)
+        return self.model.score(ids, mask, context, lower, seen=history)
 
     @torch.inference_mode()
     def score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
@@ -235,15 +243,13 @@ class TorchEngine:
     def _score_task(
         self, jobs: list[ScoreJob], task: ScoreTask, index: list[int], results: list[ScoreResult | None]
     ) -> None:
-        item_logits, cat_logits = self._score([j.user for j in jobs], task)
+        item_logits, cat_logits = self._score([j.user for j in jobs], task, [j.seen for j in jobs])
         item_logits[:, list(SPECIAL_IDS)] = float("-inf")
         cat_probs = cat_logits.float()
         cat_probs[:, list(SPECIAL_IDS)] = float("-inf")
         cat_probs = cat_probs.softmax(-1)
         for i, job in enumerate(jobs):
             row = item_logits[i].float().clone()
-            if job.seen and self.seen_bias is not None:
-                row[torch.tensor(sorted(job.seen), device=row.device)] += self.seen_bias
             if job.exclude:
                 row[torch.tensor(sorted(job.exclude), device=row.device)] = float("-inf")
             k = min(job.k, int(torch.isfinite(row).sum()))
