@@ -67,6 +67,8 @@ class UserEncoderConfig:
     window: int = 50  # max events per user (learned positions)
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * D
     tie_item_head: bool = False  # next-item logits through the item input embedding (models/tied_head.py)
+    tied_head_init: Literal["std", "orthogonal"] = "std"  # the tied head's projection: initialised like
+    # the other weights, or (semi-)orthogonal so its scores start at the scale of SASRec's plain dot product
     positions: Literal["learned", "rotary"] = "learned"  # event positions: a learned absolute embedding
     # added to the event vectors (the paper's), or rotary in attention (relative: recency; models/rotary.py)
     init_std: float = 0.0  # > 0: Linear and Embedding weights ~ N(0, init_std), biases 0 (GPT-2 / SASRec+
@@ -90,6 +92,10 @@ class UserEncoderConfig:
             raise ValueError(f"rotary positions need an even head dim, got {self.head_dim}")
         if self.init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        if self.tied_head_init not in ("std", "orthogonal"):
+            raise ValueError(f"tied_head_init must be 'std' or 'orthogonal', got {self.tied_head_init!r}")
+        if self.tied_head_init == "orthogonal" and not self.tie_item_head:
+            raise ValueError("tied_head_init='orthogonal' needs tie_item_head=True")
         if (self.tie_item_head or self.seen_bias) and not any(f.name == "item" for f in self.features):
             raise ValueError("tie_item_head and seen_bias need an 'item' feature")
 
@@ -129,6 +135,8 @@ class UserEncoder(nn.Module):
         self.seen_bias = SeenItemBias() if config.seen_bias else None
         if config.init_std > 0:
             self.apply(self._init_weights)
+        if config.tied_head_init == "orthogonal":
+            nn.init.orthogonal_(self.heads["item"].proj.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 style (also SASRec+'s): N(0, init_std) weights, zero biases and padding rows."""

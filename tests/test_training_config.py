@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -128,6 +129,22 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
     assert cfg.task_list.count("generic") == 2  # the KL term twice per cycle
     with pytest.raises(ConfigError, match="unknown recipe 'nope' for finetune"):
         resolve_config("finetune", FinetuneConfig(), ["--recipe=nope"])
+
+
+def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
+    """docs/results.md measured ml-100k-d64-orth as the d-64 recipe plus --tied_head_init=orthogonal and
+    ml-latest-d64-orth as those options on ml-latest-small: the recipes must stay those runs."""
+    from training.recipes import resolve_config
+
+    def resolved(*argv: str) -> dict:
+        cfg = dataclasses.asdict(resolve_config("pretrain-encoder", TrainConfig(), argv))
+        return {k: v for k, v in cfg.items() if k != "recipe"}
+
+    measured = resolved("--recipe=ml-100k-rotary-tied-seen-d64", "--tied_head_init=orthogonal")
+    assert resolved("--recipe=ml-100k-d64-orth") == measured
+    latest = dict(measured, dataset="movielens-latest", path=None, eval_interval=50, log_interval=50,
+                  save_interval=1000)  # fmt: skip
+    assert resolved("--recipe=ml-latest-d64-orth") == latest
     with pytest.raises(ConfigError, match="unknown recipe 'demo-next-item' for pretrain-encoder"):
         resolve_config("pretrain-encoder", TrainConfig(), ["--recipe=demo-next-item"])
 

@@ -220,6 +220,28 @@ def test_tied_item_head_scores_through_the_input_embeddings() -> None:
     assert not torch.allclose(model.next_event_logits(hidden)["item"], before)
 
 
+def test_orthogonal_tied_head_starts_at_the_plain_dot_products_scale() -> None:
+    """tied_head_init='orthogonal': the projection keeps the state's norm (semi-orthogonal rows), so the
+    scores start as large as SASRec's <h, e_i>; with init_std alone the product of two N(0, 0.02)
+    matrices starts them about sqrt(D) * 0.02 times smaller (the slow start it avoids)."""
+    torch.manual_seed(0)
+    config = UserEncoderConfig.tiny(tie_item_head=True, init_std=0.02, tied_head_init="orthogonal")
+    model = UserEncoder(config)
+    proj = model.heads["item"].proj.weight.detach()  # (item_dim, D), item_dim <= D
+    assert_close(proj @ proj.T, torch.eye(proj.shape[0]), rtol=1e-5, atol=1e-5)
+    hidden = torch.randn(64, config.d_model)
+    table = model.embed.embeddings["item"].embed.weight.detach()
+    plain = (hidden[:, : proj.shape[0]] @ table.T).std()  # SASRec's scale at equal widths
+    assert 0.5 < float(model.next_event_logits(hidden)["item"].detach().std() / plain) < 2.0
+    torch.manual_seed(0)
+    small = UserEncoder(UserEncoderConfig.tiny(tie_item_head=True, init_std=0.02))
+    assert float(small.next_event_logits(hidden)["item"].detach().std() / plain) < 0.3
+    with pytest.raises(ValueError, match="tie_item_head"):
+        UserEncoderConfig.tiny(tied_head_init="orthogonal")
+    with pytest.raises(ValueError, match="tied_head_init"):
+        UserEncoderConfig.tiny(tie_item_head=True, tied_head_init="xavier")  # type: ignore[arg-type]
+
+
 def test_init_std_draws_small_weights_and_keeps_padding_rows_zero() -> None:
     torch.manual_seed(0)
     model = UserEncoder(UserEncoderConfig.tiny(init_std=0.02))

@@ -104,6 +104,8 @@ class TrainConfig:
     n_heads: int = 4  # attention heads
     mlp_ratio: int = 4  # Transformer MLP width = mlp_ratio * d_model (SASRec's point-wise FFN: 1)
     tie_item_head: bool = False  # next-item logits through the item input embeddings (SASRec's sharing)
+    tied_head_init: Literal["std", "orthogonal"] = "std"  # the tied head's projection: like the other
+    # weights, or orthogonal (scores start at SASRec's scale; models/tied_head.py)
     positions: Literal["learned", "rotary"] = "learned"  # encoder positions: learned absolute, or rotary
     # (relative, recency-aware; the key/value cache stays valid)
     init_std: float = 0.0  # > 0: encoder weights ~ N(0, init_std) (GPT-2 / SASRec+: 0.02); 0 = PyTorch's
