@@ -129,6 +129,8 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
     assert cfg.task_list.count("generic") == 2  # the KL term twice per cycle
     with pytest.raises(ConfigError, match="unknown recipe 'nope' for finetune"):
         resolve_config("finetune", FinetuneConfig(), ["--recipe=nope"])
+    with pytest.raises(ConfigError, match="unknown recipe 'demo-next-item' for pretrain-encoder"):
+        resolve_config("pretrain-encoder", TrainConfig(), ["--recipe=demo-next-item"])
 
 
 def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
@@ -145,8 +147,6 @@ def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     latest = dict(measured, dataset="movielens-latest", path=None, eval_interval=50, log_interval=50,
                   save_interval=1000)  # fmt: skip
     assert resolved("--recipe=ml-latest-d64-orth") == latest
-    with pytest.raises(ConfigError, match="unknown recipe 'demo-next-item' for pretrain-encoder"):
-        resolve_config("pretrain-encoder", TrainConfig(), ["--recipe=demo-next-item"])
 
 
 def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:

@@ -49,12 +49,13 @@ _MULTITASK_NEXT_ITEM = (
 )
 _ML100K = dict(dataset="movielens-100k", path="../shared/data/movielens-100k")
 # The 2-layer encoder at SASRec+'s width (d 64): rotary positions, the item head tied to the item
-# embeddings and started orthogonal, the seen-item score, kept at the best validation NDCG@10
-_D64_ORTH = dict(
-    n_layers=2, epochs=60, batch_size=128, warmup=50, positions="rotary", tie_item_head=True,
-    tied_head_init="orthogonal", init_std=0.02, seen_bias=True, select_by="ndcg", d_model=64, n_heads=2,
-    mlp_ratio=2,
+# embeddings, the seen-item score, kept at the best validation NDCG@10
+# (ml-100k-rotary-tied-seen-d64), and the same with the tied head's projection started orthogonal
+_D64 = dict(
+    n_layers=2, epochs=60, batch_size=128, warmup=50, positions="rotary", tie_item_head=True, init_std=0.02,
+    seen_bias=True, select_by="ndcg", d_model=64, n_heads=2, mlp_ratio=2,
 )  # fmt: skip
+_D64_ORTH = dict(_D64, tied_head_init="orthogonal")
 # Amazon 2018 Magazine_Subscriptions reviews (the paper's review task; docs/text.md "Amazon reviews")
 _AMAZON_MAG = dict(
     dataset="amazon-2018", path="../shared/data/amazon-2018-5core", category="Magazine_Subscriptions"
@@ -108,9 +109,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         Recipe("pretrain-encoder", "ml-100k-rotary-tied-seen-d64",
                "ml-100k-rotary-tied-seen at SASRec+'s width (d 64, 2 heads, MLP ratio 2) for 60 epochs: "
                "Recall@10 0.173 / 0.161 excluding history (two seeds), level with SASRec+ (docs/results.md)",
-               dict(_ML100K, n_layers=2, epochs=60, batch_size=128, warmup=50, positions="rotary",
-                    tie_item_head=True, init_std=0.02, seen_bias=True, select_by="ndcg", d_model=64,
-                    n_heads=2, mlp_ratio=2, eval_interval=38, log_interval=38, save_interval=190)),
+               dict(_ML100K, **_D64, eval_interval=38, log_interval=38, save_interval=190)),
         Recipe("pretrain-encoder", "ml-100k-d64-orth",
                "ml-100k-rotary-tied-seen-d64 with the tied head's projection started orthogonal (scores at "
                "SASRec's scale from step 0): Recall@10 0.178 excluding history, SASRec+ 0.173 "
