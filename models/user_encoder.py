@@ -13,9 +13,12 @@ Positions come from the mask (count of real events before), so padding never shi
 as a learned absolute embedding (the paper's) or as rotary attention (`positions="rotary"`,
 models/rotary.py, relative). `tie_item_head` scores next items through the item input embeddings
 (models/tied_head.py) and `init_std` gives the GPT-2 / SASRec+ initialisation: the variants of the
-recipe `ml-100k-rotary-tied` (training/recipes.py). `seen_bias` adds a learned score to the next-item
-logits of the items the prediction's history holds (models/seen_bias.py); `last_item_logits` is the
-next-item scorer that applies it.
+recipe `ml-100k-rotary-tied` (training/recipes.py). With N(0, 0.02) weights the early-fusion projection
+makes each event vector a product of two small matrices (about 0.02 x 0.02 x sqrt(E) per dimension);
+`fusion_init="orthogonal"` starts it semi-orthogonal times sqrt(D) instead, so the event vectors enter
+at the scale of SASRec's item embedding times sqrt(D) (Vaswani et al.'s embedding scale). `seen_bias`
+adds a learned score to the next-item logits of the items the prediction's history holds
+(models/seen_bias.py); `last_item_logits` is the next-item scorer that applies it.
 
 Shapes: B users, T new events, Tp cached events, D d_model, H heads, Dh head dim, V feature vocab.
 """
@@ -69,6 +72,8 @@ class UserEncoderConfig:
     tie_item_head: bool = False  # next-item logits through the item input embedding (models/tied_head.py)
     tied_head_init: Literal["std", "orthogonal"] = "std"  # the tied head's projection: initialised like
     # the other weights, or (semi-)orthogonal so its scores start at the scale of SASRec's plain dot product
+    fusion_init: Literal["std", "orthogonal"] = "std"  # the early-fusion projection: initialised like the
+    # other weights, or (semi-)orthogonal x sqrt(D) so event vectors start at SASRec's scale (e_i sqrt(D))
     positions: Literal["learned", "rotary"] = "learned"  # event positions: a learned absolute embedding
     # added to the event vectors (the paper's), or rotary in attention (relative: recency; models/rotary.py)
     init_std: float = 0.0  # > 0: Linear and Embedding weights ~ N(0, init_std), biases 0 (GPT-2 / SASRec+
@@ -96,6 +101,10 @@ class UserEncoderConfig:
             raise ValueError(f"tied_head_init must be 'std' or 'orthogonal', got {self.tied_head_init!r}")
         if self.tied_head_init == "orthogonal" and not self.tie_item_head:
             raise ValueError("tied_head_init='orthogonal' needs tie_item_head=True")
+        if self.fusion_init not in ("std", "orthogonal"):
+            raise ValueError(f"fusion_init must be 'std' or 'orthogonal', got {self.fusion_init!r}")
+        if self.fusion_init == "orthogonal" and self.fusion != "early":
+            raise ValueError("fusion_init='orthogonal' needs fusion='early'")
         if (self.tie_item_head or self.seen_bias) and not any(f.name == "item" for f in self.features):
             raise ValueError("tie_item_head and seen_bias need an 'item' feature")
 
@@ -137,6 +146,8 @@ class UserEncoder(nn.Module):
             self.apply(self._init_weights)
         if config.tied_head_init == "orthogonal":
             nn.init.orthogonal_(self.heads["item"].proj.weight)
+        if config.fusion_init == "orthogonal":  # event vectors at the scale of SASRec's e_i * sqrt(D)
+            nn.init.orthogonal_(self.embed.proj.weight, gain=config.d_model**0.5)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 style (also SASRec+'s): N(0, init_std) weights, zero biases and padding rows."""

@@ -202,12 +202,13 @@ def test_rotary_tied_encoder_trains_saves_and_reloads(tmp_path: Path) -> None:
 
     cfg = TrainConfig.tiny(
         out_dir=str(tmp_path / "encoder"), run_dir=str(tmp_path / "run"), positions="rotary",
-        tie_item_head=True, init_std=0.02, tied_head_init="orthogonal",
+        tie_item_head=True, init_std=0.02, tied_head_init="orthogonal", fusion_init="orthogonal",
     )  # fmt: skip
     main(cfg)
     encoder, _, ck = load_encoder(cfg.out_dir)
     assert ck.config["encoder"]["positions"] == "rotary" and ck.config["encoder"]["tie_item_head"]
     assert ck.config["encoder"]["tied_head_init"] == "orthogonal"
+    assert ck.config["encoder"]["fusion_init"] == "orthogonal"
     assert encoder.pos_emb is None and type(encoder.heads["item"]).__name__ == "TiedItemHead"
     last = UserEncoder(UserEncoderConfig(**ck.config["encoder"]))
     load_state_strict(last, load_checkpoint(Path(cfg.resolved_run_dir) / "last").state_dict)

@@ -242,6 +242,28 @@ def test_orthogonal_tied_head_starts_at_the_plain_dot_products_scale() -> None:
         UserEncoderConfig.tiny(tie_item_head=True, tied_head_init="xavier")  # type: ignore[arg-type]
 
 
+def test_orthogonal_fusion_starts_event_vectors_at_sasrecs_scale() -> None:
+    """fusion_init='orthogonal': the early-fusion projection is semi-orthogonal times sqrt(D), so an event
+    vector is about sqrt(D) times its feature embeddings per dimension (SASRec's e_i * sqrt(D)); with
+    init_std alone it is a product of two N(0, 0.02) matrices, far smaller."""
+    torch.manual_seed(0)
+    config = UserEncoderConfig.tiny(init_std=0.02, fusion_init="orthogonal")
+    model = UserEncoder(config)
+    proj = model.embed.proj.weight.detach()  # (D, E) with D <= E here
+    assert_close(proj @ proj.T, config.d_model * torch.eye(config.d_model), rtol=1e-4, atol=1e-4)
+    features, _ = _synthetic_batch(b=8, t=6)
+    concat_std = float(model.embed.embeddings["item"].embed.weight[2:].detach().std())
+    ratio = float(model.embed(features).detach().std()) / concat_std
+    assert 0.5 * config.d_model**0.5 < ratio < 2.0 * config.d_model**0.5
+    torch.manual_seed(0)
+    small = UserEncoder(UserEncoderConfig.tiny(init_std=0.02))
+    assert float(small.embed(features).detach().std()) / concat_std < 0.5
+    with pytest.raises(ValueError, match="fusion='early'"):
+        UserEncoderConfig.tiny(fusion="late", fusion_init="orthogonal")
+    with pytest.raises(ValueError, match="fusion_init"):
+        UserEncoderConfig.tiny(fusion_init="xavier")  # type: ignore[arg-type]
+
+
 def test_init_std_draws_small_weights_and_keeps_padding_rows_zero() -> None:
     torch.manual_seed(0)
     model = UserEncoder(UserEncoderConfig.tiny(init_std=0.02))

@@ -106,6 +106,8 @@ class TrainConfig:
     tie_item_head: bool = False  # next-item logits through the item input embeddings (SASRec's sharing)
     tied_head_init: Literal["std", "orthogonal"] = "std"  # the tied head's projection: like the other
     # weights, or orthogonal (scores start at SASRec's scale; models/tied_head.py)
+    fusion_init: Literal["std", "orthogonal"] = "std"  # the early-fusion projection: like the other weights,
+    # or orthogonal x sqrt(d_model) (event vectors start at SASRec's e_i sqrt(D); models/user_encoder.py)
     positions: Literal["learned", "rotary"] = "learned"  # encoder positions: learned absolute, or rotary
     # (relative, recency-aware; the key/value cache stays valid)
     init_std: float = 0.0  # > 0: encoder weights ~ N(0, init_std) (GPT-2 / SASRec+: 0.02); 0 = PyTorch's

@@ -64,7 +64,7 @@ def encoder_config(cfg: TrainConfig, vocabs: dict[str, Vocab]) -> UserEncoderCon
         features=features, fusion=cfg.fusion, d_model=cfg.d_model, n_layers=cfg.n_layers,
         n_heads=cfg.n_heads, window=cfg.window, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
         tie_item_head=cfg.tie_item_head, init_std=cfg.init_std, positions=cfg.positions,
-        seen_bias=cfg.seen_bias, tied_head_init=cfg.tied_head_init,
+        seen_bias=cfg.seen_bias, tied_head_init=cfg.tied_head_init, fusion_init=cfg.fusion_init,
     )  # fmt: skip
 
 
