@@ -134,8 +134,9 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
 
 
 def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
-    """docs/results.md measured ml-100k-d64-orth as the d-64 recipe plus --tied_head_init=orthogonal and
-    ml-latest-d64-orth as those options on ml-latest-small: the recipes must stay those runs."""
+    """docs/results.md measured ml-100k-d64-orth as the d-64 recipe plus --tied_head_init=orthogonal,
+    ml-latest-d64-orth as those options on ml-latest-small, and the -fusion recipes as each of them plus
+    --fusion_init=orthogonal: the recipes must stay those runs."""
     from training.recipes import resolve_config
 
     def resolved(*argv: str) -> dict:
@@ -147,6 +148,9 @@ def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     latest = dict(measured, dataset="movielens-latest", path=None, eval_interval=50, log_interval=50,
                   save_interval=1000)  # fmt: skip
     assert resolved("--recipe=ml-latest-d64-orth") == latest
+    fusion = {"fusion_init": "orthogonal"}  # the same runs with the event-fusion projection orthogonal
+    assert resolved("--recipe=ml-100k-d64-orth-fusion") == dict(measured, **fusion)
+    assert resolved("--recipe=ml-latest-d64-orth-fusion") == dict(latest, **fusion)
 
 
 def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:
