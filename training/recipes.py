@@ -129,7 +129,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                     save_interval=1000)),
         Recipe("pretrain-encoder", "ml-100k-d64-orth-fusion",
                "ml-100k-d64-orth with the event-fusion projection also started orthogonal (x sqrt(d)): "
-               "Recall@10 0.193 / 0.193 excluding history (two seeds), SASRec+ 0.173 / 0.162 (docs/results.md)",
+               "Recall@10 0.193 / 0.193 excluding history (two seeds), SASRec+ 0.173 / 0.162 "
+               "(docs/results.md)",
                dict(_ML100K, **_D64_ORTH_FUSION, eval_interval=38, log_interval=38, save_interval=190)),
         Recipe("pretrain-encoder", "ml-latest-d64-orth-fusion",
                "the encoder of ml-100k-d64-orth-fusion on ml-latest-small (60 epochs): Recall@10 "
@@ -144,8 +145,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                "(a skip around the LLM, started as the encoder's own heads; not in the paper)",
                _SKIP),
         Recipe("finetune", "ml-100k-next-item-skip-proj",
-               "ml-100k-next-item-skip with the encoder frozen (strategy proj): Recall@10 0.193 / 0.187 excluding "
-               "history on two seeds of the ml-100k-d64-orth-fusion encoder (0.193 each; docs/results.md)",
+               "ml-100k-next-item-skip with the encoder frozen (strategy proj): Recall@10 0.193 / 0.187 "
+               "excluding history on two seeds of the ml-100k-d64-orth-fusion encoder (0.193 each; "
+               "docs/results.md)",
                dict(_SKIP, strategy="proj")),
         Recipe("finetune", "ml-100k", "multi-task USER-LLM on ML-100K (scoring + language tasks)",
                dict(_USERLLM, **_ML100K, tasks=_MULTITASK_NEXT_ITEM, steps=2100, batch_size=32,
