@@ -15,8 +15,9 @@ models/rotary.py, relative). `tie_item_head` scores next items through the item 
 (models/tied_head.py) and `init_std` gives the GPT-2 / SASRec+ initialisation: the variants of the
 recipe `ml-100k-rotary-tied` (training/recipes.py). With N(0, 0.02) weights the early-fusion projection
 makes each event vector a product of two small matrices (about 0.02 x 0.02 x sqrt(E) per dimension);
-`fusion_init="orthogonal"` starts it semi-orthogonal times sqrt(D) instead, so the event vectors enter
-at the scale of SASRec's item embedding times sqrt(D) (Vaswani et al.'s embedding scale). `seen_bias`
+`fusion_init="orthogonal"` starts it semi-orthogonal times sqrt(D) instead, so with those N(0, 0.02)
+embeddings the event vectors enter at the scale of SASRec's item embedding times sqrt(D) (Vaswani et
+al.'s embedding scale). `seen_bias`
 adds a learned score to the next-item logits of the items the prediction's history holds
 (models/seen_bias.py); `last_item_logits` is the next-item scorer that applies it.
 
@@ -73,7 +74,8 @@ class UserEncoderConfig:
     tied_head_init: Literal["std", "orthogonal"] = "std"  # the tied head's projection: initialised like
     # the other weights, or (semi-)orthogonal so its scores start at the scale of SASRec's plain dot product
     fusion_init: Literal["std", "orthogonal"] = "std"  # the early-fusion projection: initialised like the
-    # other weights, or (semi-)orthogonal x sqrt(D) so event vectors start at SASRec's scale (e_i sqrt(D))
+    # other weights, or (semi-)orthogonal x sqrt(D): with init_std 0.02, event vectors start at SASRec's
+    # scale (e_i sqrt(D))
     positions: Literal["learned", "rotary"] = "learned"  # event positions: a learned absolute embedding
     # added to the event vectors (the paper's), or rotary in attention (relative: recency; models/rotary.py)
     init_std: float = 0.0  # > 0: Linear and Embedding weights ~ N(0, init_std), biases 0 (GPT-2 / SASRec+
