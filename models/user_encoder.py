@@ -17,9 +17,9 @@ recipe `ml-100k-rotary-tied` (training/recipes.py). With N(0, 0.02) weights the 
 makes each event vector a product of two small matrices (about 0.02 x 0.02 x sqrt(E) per dimension);
 `fusion_init="orthogonal"` starts it semi-orthogonal times sqrt(D) instead, so with those N(0, 0.02)
 embeddings the event vectors enter at the scale of SASRec's item embedding times sqrt(D) (Vaswani et
-al.'s embedding scale). `seen_bias`
-adds a learned score to the next-item logits of the items the prediction's history holds
-(models/seen_bias.py); `last_item_logits` is the next-item scorer that applies it.
+al.'s embedding scale). `seen_bias` adds a learned score to the next-item logits of the items the
+prediction's history holds (models/seen_bias.py); `last_item_logits` is the next-item scorer that
+applies it.
 
 Shapes: B users, T new events, Tp cached events, D d_model, H heads, Dh head dim, V feature vocab.
 """
