@@ -58,6 +58,9 @@ _D64 = dict(
 )  # fmt: skip
 _D64_ORTH = dict(_D64, tied_head_init="orthogonal")
 _D64_ORTH_FUSION = dict(_D64_ORTH, fusion_init="orthogonal")
+# ... and their run settings: ML-100K validates every 38 steps (2 an epoch), ml-latest-small every 50
+_D64_ML100K = dict(_ML100K, eval_interval=38, log_interval=38, save_interval=190)
+_D64_LATEST = dict(dataset="movielens-latest", eval_interval=50, log_interval=50, save_interval=1000)
 # Single-task next item on ML-100K with the heads also reading the encoder's newest state (head_user_skip)
 _SKIP = dict(
     _USERLLM, **_ML100K, tasks="next_item", steps=600, batch_size=32, warmup=50, eval_interval=100,
@@ -116,27 +119,25 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         Recipe("pretrain-encoder", "ml-100k-rotary-tied-seen-d64",
                "ml-100k-rotary-tied-seen at SASRec+'s width (d 64, 2 heads, MLP ratio 2) for 60 epochs: "
                "Recall@10 0.173 / 0.161 excluding history (two seeds), level with SASRec+ (docs/results.md)",
-               dict(_ML100K, **_D64, eval_interval=38, log_interval=38, save_interval=190)),
+               dict(_D64, **_D64_ML100K)),
         Recipe("pretrain-encoder", "ml-100k-d64-orth",
                "ml-100k-rotary-tied-seen-d64 with the tied head's projection started orthogonal (scores at "
                "SASRec's scale from step 0): Recall@10 0.178 excluding history, SASRec+ 0.173 "
                "(docs/results.md)",
-               dict(_ML100K, **_D64_ORTH, eval_interval=38, log_interval=38, save_interval=190)),
+               dict(_D64_ORTH, **_D64_ML100K)),
         Recipe("pretrain-encoder", "ml-latest-d64-orth",
                "the encoder of ml-100k-d64-orth on ml-latest-small (60 epochs, ~25 CPU-minutes): Recall@10 "
                "0.082 / 0.092 excluding history (two seeds), SASRec+ 0.108 at 20 (docs/results.md)",
-               dict(_D64_ORTH, dataset="movielens-latest", eval_interval=50, log_interval=50,
-                    save_interval=1000)),
+               dict(_D64_ORTH, **_D64_LATEST)),
         Recipe("pretrain-encoder", "ml-100k-d64-orth-fusion",
                "ml-100k-d64-orth with the event-fusion projection also started orthogonal (x sqrt(d)): "
                "Recall@10 0.193 / 0.193 excluding history (two seeds), SASRec+ 0.173 / 0.162 "
                "(docs/results.md)",
-               dict(_ML100K, **_D64_ORTH_FUSION, eval_interval=38, log_interval=38, save_interval=190)),
+               dict(_D64_ORTH_FUSION, **_D64_ML100K)),
         Recipe("pretrain-encoder", "ml-latest-d64-orth-fusion",
                "the encoder of ml-100k-d64-orth-fusion on ml-latest-small (60 epochs): Recall@10 "
                "0.095 / 0.089 excluding history (two seeds), SASRec+ 0.108 / 0.100 (docs/results.md)",
-               dict(_D64_ORTH_FUSION, dataset="movielens-latest", eval_interval=50, log_interval=50,
-                    save_interval=1000)),
+               dict(_D64_ORTH_FUSION, **_D64_LATEST)),
         Recipe("finetune", "ml-100k-next-item", "single-task USER-LLM on ML-100K: R@10 0.089 / 0.135",
                dict(_USERLLM, **_ML100K, tasks="next_item", steps=1200, batch_size=32, warmup=50,
                     eval_interval=200, eval_users=0)),
