@@ -64,6 +64,10 @@ def test_invariants_are_checked_after_overrides() -> None:
         apply_overrides(TrainConfig(), ["--d_model=30"])
     with pytest.raises(ConfigError, match="tasks"):
         apply_overrides(FinetuneConfig(), ["--tasks=next_item,poetry"])
+    with pytest.raises(ConfigError, match="recent_events must be >= 0, got -5"):
+        apply_overrides(TrainConfig(), ["--recent_events=-5"])
+    with pytest.raises(ConfigError, match="select_by=ndcg needs the next_item task"):
+        apply_overrides(FinetuneConfig(), ["--select_by=ndcg", "--tasks=favourite_category"])
     with pytest.raises(ConfigError, match="ks"):
         EvalConfig(ks="1,x")
 

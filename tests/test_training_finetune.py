@@ -15,7 +15,7 @@ from training_fixtures import AMAZON, pretrain_tiny_encoder, tiny_backbone_or_sk
 from models.backbone import backbone_id
 from models.checkpoint import load_checkpoint, load_state_strict
 from models.user_tower import UserTower, UserTowerConfig
-from training.config import EvalConfig, FinetuneConfig
+from training.config import ConfigError, EvalConfig, FinetuneConfig
 from training.evaluate import main as evaluate
 from training.finetune import main as finetune
 
@@ -105,6 +105,53 @@ def test_init_and_lr_group_options(tiny_backbone: Path, encoder_dir: Path, tmp_p
     assert all(g["lr_mult"] == 0.5 for g in optimizer.param_groups for p in g["params"] if id(p) in head_ids)
     assert finetune(cfg)["step"] == 2  # trains, and resumes with the same groups
     assert finetune(FinetuneConfig(**{**cfg.__dict__, "steps": 3, "resume": True}))["step"] == 3
+
+
+def test_select_by_ndcg_validates_the_start_and_keeps_the_best_ranking(
+    tiny_backbone: Path, encoder_dir: Path, tmp_path: Path
+):
+    """select_by=ndcg: the model is validated before its first step too, and there, with the skip from
+    the encoder and the LLM path at zero, it ranks the validation targets exactly as the encoder does;
+    "val" is minus NDCG@10 excluding history, and the kept checkpoint is the best of all validations."""
+    from training.corpus import load_corpus, vocabs_from_dict
+    from training.evaluate import encoder_scorers, evaluate_next_item, load_encoder
+
+    cfg = FinetuneConfig(
+        encoder_dir=str(encoder_dir), backbone_dir=str(tiny_backbone), out_dir=str(tmp_path / "userllm"),
+        run_dir=str(tmp_path / "run"), max_users=12, steps=4, batch_size=4, warmup=1, eval_interval=2,
+        save_interval=4, log_interval=1, eval_users=0, cross_attn_every_n_layers=1, progress=False,
+        tasks="next_item", select_by="ndcg", head_user_skip=True, last_event_token=True, encoder_heads=True,
+        lr=0.05, gate_init=0.5,
+    )  # fmt: skip
+    finetune(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    validated = [r for r in records if "val_x_ndcg@10" in r]
+    assert [r["iter"] for r in validated] == [0, 2, 4]
+    assert validated[0]["loss"] is None and all(r["loss"] is not None for r in validated[1:])
+    for r in validated:
+        assert r["val"] == pytest.approx(-r["val_x_ndcg@10"]) and r["val_loss"] > 0
+    assert len({round(r["val_loss"], 6) for r in validated}) == 3  # training moved the scores
+    best = min(validated, key=lambda r: (r["val"], r["iter"]))  # the first of equal values is kept
+    assert load_checkpoint(cfg.out_dir).manifest["step"] == best["iter"]
+    # step 0 = the encoder's own scores of the same validation events (its ranking and its loss)
+    encoder, vocab, _ = load_encoder(encoder_dir)
+    corpus = load_corpus(cfg.dataset, cfg.path, max_users=12, vocabs=vocabs_from_dict(vocab))
+    scorer, _ = encoder_scorers(encoder, corpus)
+    valid = corpus.splits.valid
+    reference = evaluate_next_item(scorer, corpus, valid, ks=(10,))["exclude_history"]
+    assert validated[0]["val_x_ndcg@10"] == pytest.approx(reference["ndcg@10"], abs=1e-6)
+    assert validated[0]["val_x_recall@10"] == pytest.approx(reference["recall@10"], abs=1e-6)
+    losses = []  # validate's weighting: each batch's mean cross-entropy times its size
+    for i in range(0, len(valid), cfg.batch_size):
+        chunk = valid[i : i + cfg.batch_size]
+        labels = torch.tensor([corpus.vocabs["item"].encode(ex.target.item) for ex in chunk])
+        scores = scorer(chunk)
+        scores[:, :2] = -torch.inf  # the USER-LLM heads never score pad / unknown
+        ce = torch.nn.functional.cross_entropy(scores.clamp(min=-1e4), labels.where(labels >= 2, -100))
+        losses.append(float(ce) * len(chunk))
+    assert validated[0]["val_next_item"] == pytest.approx(sum(losses) / len(valid), rel=1e-5)
+    with pytest.raises(ConfigError, match="next_item"):
+        FinetuneConfig(tasks="favourite_category", select_by="ndcg")
 
 
 def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, tmp_path: Path):

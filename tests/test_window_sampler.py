@@ -20,11 +20,11 @@ def _timelines() -> dict[str, list[Event]]:
     }
 
 
-def _sampler(sampling: str, batch_size: int = 2) -> WindowSampler:
+def _sampler(sampling: str, batch_size: int = 2, recent: int = 0) -> WindowSampler:
     timelines = _timelines()
     return WindowSampler(
         timelines, build_vocabs(timelines), window=WINDOW, stride=WINDOW, sampling=sampling,
-        batch_size=batch_size, seed=3,
+        batch_size=batch_size, seed=3, recent=recent,
     )  # fmt: skip
 
 
@@ -80,3 +80,16 @@ def test_users_sampling_moves_the_window_and_covers_every_event() -> None:
 def test_an_unknown_sampling_is_an_error() -> None:
     with pytest.raises(ValueError, match="sampling must be one of"):
         _sampler("random")
+
+
+@pytest.mark.parametrize("sampling", ["windows", "users", "last"])
+def test_recent_keeps_each_users_newest_training_events_only(sampling: str) -> None:
+    sampler = _sampler(sampling, recent=10)
+    spans = [_user_and_span(w) for s in range(4 * sampler.steps_per_epoch) for w in sampler.batch(s)]
+    for user, start, end in spans:  # nothing older than the newest 10 events of any user
+        assert start >= max(0, LENGTHS[user] - 10) and end <= LENGTHS[user]
+    if sampling == "windows":  # a (3), b (newest 10: 2 windows), c (newest 10: 2), e (9: 2)
+        assert len(sampler) == 1 + 2 + 2 + 2
+        assert {(u, e) for u, _, e in spans} >= {("b", 12), ("c", 30), ("c", 28)}
+    with pytest.raises(ValueError, match="recent"):
+        _sampler(sampling, recent=-1)

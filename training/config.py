@@ -71,10 +71,13 @@ class TrainConfig:
     stride: int = 50  # step between training windows of one user's history
     sampling: Literal["windows", "users", "last"] = "windows"  # pretrain-encoder: each epoch reads every
     # stride window, one randomly placed window per user, or each user's newest window (window_sampler.py)
+    recent_events: int = 0  # pretrain-encoder: > 0 = windows over each user's newest N training events
+    # only (SASRec+ trains on each user's newest 200); 0 = the whole training timeline
     side_loss_weight: float = 1.0  # pretrain-encoder: weight of each side feature's next-event loss
     # (category, rating, length) against the item loss's 1: 1 = the paper's mean over features, 0 = item only
-    select_by: Literal["loss", "ndcg"] = "loss"  # pretrain-encoder: the checkpoint kept, lowest validation
-    # loss or highest validation NDCG@10 excluding the history (what `/recommend` serves; SASRec+'s choice)
+    select_by: Literal["loss", "ndcg"] = "loss"  # the checkpoint kept: lowest validation loss or highest
+    # validation next-item NDCG@10 excluding the history (what `/recommend` serves; SASRec+'s choice);
+    # finetune with "ndcg" also validates the model before its first step
     # output
     out_dir: str = "checkpoints/encoder"  # checkpoint directory (best validation weights)
     run_dir: str | None = None  # log.jsonl, trainer_state.pt, last/; None = default_run_dir(out_dir)
@@ -132,6 +135,8 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.warmup < 0 or self.max_users < 0 or self.eval_users < 0 or self.length_dim < 0:
             raise ConfigError("warmup, max_users, eval_users and length_dim must be >= 0")
+        if self.recent_events < 0:
+            raise ConfigError(f"recent_events must be >= 0, got {self.recent_events}")
         if self.side_loss_weight < 0:
             raise ConfigError(f"side_loss_weight must be >= 0, got {self.side_loss_weight}")
         if self.d_model % self.n_heads:
@@ -217,6 +222,8 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(
                 f"cross_attn_layers must be comma-separated integers, got {self.cross_attn_layers!r}"
             ) from None
+        if self.select_by == "ndcg" and "next_item" not in self.task_list:
+            raise ConfigError(f"select_by=ndcg needs the next_item task, tasks are {self.tasks!r}")
         known = ("next_item", "favourite_category", "review", "taste", "suggest", "generic")
         unknown = set(self.task_list) - set(known)
         if unknown or not self.task_list:

@@ -6,8 +6,9 @@ compressed to 16 `user_tokens` and contextualize the LLM through gated cross-att
 a soft prompt; strategies full / enc / lora / proj choose what trains (models/strategies.py). One task a
 step, in the order of `--tasks` (a task may appear twice in the cycle); the language tasks may use their
 own batch size. Validation on the held-out validation events: next-item Recall@10 over the full catalogue,
-genre accuracy, and the language tasks' losses on the first validation users; the best mean validation
-loss is saved.
+genre accuracy, and the language tasks' losses on the first validation users; the checkpoint with the
+best mean validation loss is saved, or with `select_by="ndcg"` the one with the best next-item NDCG@10
+excluding history, the untrained model (validated before the first step) included.
 
 Checkpoint (`out_dir`, kind "userllm", the format `models/personalized.py` documents): trainable
 weights + the whole user tower + heads, `config.json` = asdict(UserLLMConfig), manifest with the
@@ -41,7 +42,7 @@ from training.distill import EncoderTeacher
 from training.distributed import barrier, main_first, parallel_step, setup, shard, teardown, world
 from training.evaluate import encoder_from_checkpoint
 from training.generic_text import generic_texts
-from training.metrics import ranking_metrics, target_ranks
+from training.metrics import ranking_metrics, seen_mask, target_ranks
 from training.run import LAST, Resumed, RunLog, configure_optimizer, fit_loop, load_trainer_state
 from training.tasks import TaskRunner, nouns, training_examples
 from training.text_tasks import TEXT_TASKS, TOP_K, TextTasks
@@ -66,11 +67,12 @@ TEXT_VALID_USERS = 64  # validation users of the language tasks (a forward pass 
 @torch.no_grad()
 def validate(
     runner: TaskRunner, examples: Sequence[Example], tasks: Sequence[str], batch_size: int,
-    text: TextTasks | None = None,
+    text: TextTasks | None = None, select_by: str = "loss",
 ) -> dict:  # fmt: skip
-    """Mean task loss (the model-selection value) + next-item Recall@10 / genre accuracy. Language tasks
-    are validated on the first TEXT_VALID_USERS examples that they can use, reviews on the examples
-    with a review text."""
+    """Task losses, next-item Recall@10 / NDCG@10 over all items and excluding the history
+    (`val_x_*`), genre accuracy, and the model-selection value "val": the mean task loss, or minus the
+    NDCG@10 excluding history with `select_by="ndcg"`. Language tasks are validated on the first
+    TEXT_VALID_USERS examples that they can use, reviews on the examples with a review text."""
     runner.model.eval()
     losses: dict[str, list[float]] = {t: [] for t in tasks}
     counts = {t: 0 for t in tasks}
@@ -81,7 +83,8 @@ def validate(
                 chunk = pool[i : i + batch_size]
                 losses[task].append(float(text.loss(chunk, task, i)) * len(chunk))
                 counts[task] += len(chunk)
-    ranks, genre_hits = [], []
+    ranks, unseen_ranks, genre_hits = [], [], []
+    item_vocab = runner.corpus.vocabs["item"]
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         for task in tasks:
@@ -92,7 +95,10 @@ def validate(
                 losses[task].append(float(runner.loss(used, task, distill=False)) * len(used))
                 counts[task] += len(used)
         if "next_item" in tasks:
-            ranks.append(target_ranks(runner.scores(chunk, "next_item"), runner.labels(chunk, "next_item")))
+            scores, labels = runner.scores(chunk, "next_item"), runner.labels(chunk, "next_item")
+            histories = [[item_vocab.encode(e.item) for e in ex.history] for ex in chunk]
+            ranks.append(target_ranks(scores, labels))
+            unseen_ranks.append(target_ranks(scores, labels, seen_mask(histories, scores.shape[1])))
         if "favourite_category" in tasks:
             pred = runner.scores(chunk, "favourite_category").argmax(dim=-1)
             genre_hits.append((pred == runner.labels(chunk, "favourite_category")).float())
@@ -100,9 +106,11 @@ def validate(
     out = {f"val_{t}": sum(v) / max(1, counts[t]) for t, v in losses.items()}
     if ranks:
         out.update({f"val_{k}": v for k, v in ranking_metrics(torch.cat(ranks), ks=(10,)).items()})
+        out.update({f"val_x_{k}": v for k, v in ranking_metrics(torch.cat(unseen_ranks), ks=(10,)).items()})
     if genre_hits:
         out["val_genre_acc"] = float(torch.cat(genre_hits).mean())
-    out["val"] = sum(out[f"val_{t}"] for t in tasks) / len(tasks)
+    out["val_loss"] = sum(out[f"val_{t}"] for t in tasks) / len(tasks)
+    out["val"] = -out["val_x_ndcg@10"] if select_by == "ndcg" else out["val_loss"]
     return out
 
 
@@ -245,7 +253,7 @@ def fit(cfg: FinetuneConfig) -> dict[str, Any]:
         """Rank 0 validates; the others wait for it in the next step's gradient all-reduce."""
         if not here.is_main:
             return {"val": float("nan")}
-        return validate(runner, valid, val_tasks, cfg.batch_size, text)
+        return validate(runner, valid, val_tasks, cfg.batch_size, text, select_by=cfg.select_by)
 
     summary = fit_loop(
         cfg, total=total, start=start, optimizer=optimizer,
@@ -258,6 +266,7 @@ def fit(cfg: FinetuneConfig) -> dict[str, Any]:
         save_last=lambda step: save_userllm(
             run_dir / LAST, model, corpus, cfg, {**extra_manifest, "step": step}
         ),
+        validate_first=cfg.select_by == "ndcg",
     )  # fmt: skip
     return {**summary, "out_dir": cfg.out_dir, "run_dir": str(run_dir),
             "seconds": round(time.perf_counter() - start_time, 1)}  # fmt: skip

@@ -8,7 +8,8 @@ windows of 50 events and is trained with the mean of the per-feature next-event 
 docs/results.md "Encoders"). Windows come from the TRAIN part of the leave-last-out split, so the
 validation and test targets are never seen; every position of a window predicts its next event;
 `sampling` chooses the windows of an epoch (training/window_sampler.py: every stride window, or one
-per user). Validation = the same loss at the held-out validation event (history -> target), plus its
+per user), `recent_events` limits them to each user's newest training events (SASRec+ reads the newest
+200). Validation = the same loss at the held-out validation event (history -> target), plus its
 full-ranking Recall@10 / NDCG@10 over all items and excluding the history; `select_by` keeps the
 checkpoint of the best loss or NDCG.
 
@@ -226,7 +227,7 @@ def main(cfg: TrainConfig) -> dict:
     )
     windows = WindowSampler(
         corpus.splits.train, corpus.vocabs, window=cfg.window, stride=cfg.stride, sampling=cfg.sampling,
-        batch_size=cfg.batch_size, seed=cfg.seed,
+        batch_size=cfg.batch_size, seed=cfg.seed, recent=cfg.recent_events,
     )  # fmt: skip
     if not len(windows):
         raise ValueError(f"{cfg.dataset}: no training window of >= 2 events")

@@ -164,7 +164,8 @@ def plot_log(log_path: str | Path, out_path: str | Path, title: str) -> Path:
             by_iter[record["iter"]] = record  # the last record of a step wins (resumed runs)
     records = sorted(by_iter.values(), key=lambda r: r["iter"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["iter"] for r in records], [r["loss"] for r in records], label="train loss")
+    trained = [r for r in records if r["loss"] is not None]  # null: validated before the first step
+    ax.plot([r["iter"] for r in trained], [r["loss"] for r in trained], label="train loss")
     # validation points: the records of the steps that validated (other records repeat the last value)
     validated = [r for r in records if any(k.startswith("val_") for k in r)] or records
     # "val_loss" where "val" is another selection figure (pretrain-encoder --select_by=ndcg)

@@ -129,18 +129,25 @@ class RunLog:
         self.steps_since += 1
         self.bar.update(1)
 
-    def log(self, step: int, *, loss: float, val: float | None, lr: float, **extra: Any) -> dict[str, Any]:
-        """Print `iter 120 | loss 2.3141 | val 2.4012 | lr 3.0e-4 | 41.2 ms` and append it as JSON."""
+    def log(
+        self, step: int, *, loss: float | None, val: float | None, lr: float, **extra: Any
+    ) -> dict[str, Any]:
+        """Print `iter 120 | loss 2.3141 | val 2.4012 | lr 3.0e-4 | 41.2 ms` and append it as JSON
+        (loss None: a validation before any training step, printed "-", stored null)."""
         now = time.perf_counter()
         ms = 1000.0 * (now - self.tick) / max(1, self.steps_since)
         self.tick, self.steps_since = now, 0
         val_text = f"{val:.4f}" if val is not None else "-"
-        line = f"iter {step} | loss {loss:.4f} | val {val_text} | lr {lr:.1e} | {ms:.1f} ms"
-        record = {"iter": step, "loss": round(loss, 6), "val": val, "lr": lr, "ms": round(ms, 2), **extra}
+        loss_text = f"{loss:.4f}" if loss is not None else "-"
+        line = f"iter {step} | loss {loss_text} | val {val_text} | lr {lr:.1e} | {ms:.1f} ms"
+        record = {
+            "iter": step, "loss": None if loss is None else round(loss, 6), "val": val, "lr": lr,
+            "ms": round(ms, 2), **extra,
+        }  # fmt: skip
         if not self.enabled:
             return record
         self.note(line)
-        self.bar.set_postfix(loss=f"{loss:.3f}", val=val_text)
+        self.bar.set_postfix(loss=loss_text, val=val_text)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         return record
@@ -178,12 +185,15 @@ def fit_loop(
     validate: Callable[[], dict[str, float]],
     save_best: Callable[[int, float], None],
     save_last: Callable[[int], None],
+    validate_first: bool = False,
 ) -> dict[str, Any]:
     """Train from `start.step` to `total`: learning rate by `get_lr` (times a param group's `lr_mult`),
     `loss_at(step)` -> (loss, extra log fields), clipping at `cfg.grad_clip`; every `eval_interval`
     steps (and at the end) `validate()` (its "val" selects the checkpoint `save_best` writes); a log
-    line every `log_interval`; `save_last` + the trainer state every `save_interval`. Returns the final
-    step, the best validation value and the last log record.
+    line every `log_interval`; `save_last` + the trainer state every `save_interval`. With
+    `validate_first`, a run starting at step 0 also validates (and saves) the untrained model, so the
+    kept checkpoint is never worse on validation than the start. Returns the final step, the best
+    validation value and the last log record.
 
     Several ranks: each calls `validate()` (it may shard or return {"val": nan} off rank 0), only rank 0
     saves."""
@@ -191,6 +201,12 @@ def fit_loop(
     main = world().is_main
     step, best_val, val = start.step, start.best_val, start.val
     loss_sum, loss_count, record = 0.0, 0, {}
+    if validate_first and step == 0:
+        first = validate()
+        val = best_val = first.pop("val")
+        if main:
+            save_best(0, val)
+        record = log.log(0, loss=None, val=val, lr=0.0, **first)
     while step < total:
         lr = get_lr(step, cfg, total)
         for group in optimizer.param_groups:

@@ -11,6 +11,10 @@
   trains on (its dataset keeps each user's last 201 events; Klenitskiy & Vasilev, RecSys 2023, code
   `antklen/sasrec-bert4rec-recsys23` `CausalLMDataset`), at our window length.
 
+`recent` > 0 keeps each user's newest `recent` training events only, before any of the above: SASRec+
+reads each user's newest 200 (its `max_length`), where stride windows over whole timelines let the
+oldest events of the heaviest users fill most of an epoch.
+
 The draws depend only on (seed, step), so a resumed or data-parallel run reads the same windows.
 """
 
@@ -43,10 +47,14 @@ class WindowSampler:
 
     def __init__(
         self, timelines: Mapping[str, Sequence[Event]], vocabs: Mapping[str, Vocab], *, window: int,
-        stride: int, sampling: Sampling, batch_size: int, seed: int,
+        stride: int, sampling: Sampling, batch_size: int, seed: int, recent: int = 0,
     ) -> None:  # fmt: skip
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if recent < 0:
+            raise ValueError(f"recent must be >= 0, got {recent}")
+        if recent:
+            timelines = {user: events[-recent:] for user, events in timelines.items()}
         self.sampling, self.window, self.batch_size, self.seed = sampling, window, batch_size, seed
         if sampling == "windows":
             self.items = [
