@@ -128,7 +128,7 @@ def test_driver_trains_their_model_and_writes_results(tmp_path: Path, one_torch_
     )
     row = anchor.main(cfg, ["--max_users=40"])
     assert row["anchor"]["epochs"] == 2 and row["anchor"]["stopped"] == "max_epochs"
-    assert set(row["next_item"]) == {"users", "unknown_targets", "all_items", "exclude_history"}
+    assert set(row["next_item"]) == {"users", "unknown_targets", "all_items", "exclude_history", "ranks"}
     out = tmp_path / "report.md"
     report(
         ResultsConfig(

@@ -162,7 +162,8 @@ def test_text_prompt_writes_results_and_reuses_the_feature_cache(
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved[0]["model"] == tp.LABEL and saved[0]["dataset"] == "movielens-latest"
     ni = saved[0]["next_item"]
-    assert set(ni) == {"users", "unknown_targets", "all_items", "exclude_history"} and ni["users"] == 12
+    assert set(ni) == {"users", "unknown_targets", "all_items", "exclude_history", "ranks"}
+    assert ni["users"] == 12
     assert set(ni["all_items"]) == set(ni["exclude_history"]) == {"recall@1", "recall@10", "ndcg@10"}
     assert 0.0 <= saved[0]["favourite_category"]["accuracy"] <= 1.0
     assert 30 < saved[0]["prompt_tokens"] <= 200 and saved[0]["max_events"] == 50

@@ -54,6 +54,8 @@ def test_most_popular_metrics_by_hand() -> None:
                                "ndcg@2": pytest.approx(1 / 3)}  # fmt: skip
     # excluding history: u2 has seen 20 (its own target) -> a miss
     assert ni["exclude_history"]["recall@2"] == 0.0
+    # per-user target ranks (what `compare` pairs): a miss is ranked V = 5 (pad, unknown, 3 items)
+    assert ni["ranks"] == {"user": ["u1", "u2", "u3"], "all_items": [5, 0, 5], "exclude_history": [5, 5, 5]}
 
 
 def test_majority_genre_baseline() -> None:

@@ -166,8 +166,9 @@ def test_evaluate_a_userllm_checkpoint(tiny_backbone: Path, encoder_dir: Path, t
     )
     assert set(result["text"]) >= {"fluency", "user", "cold_start", "targets_missed", "degenerate"}
     ni = result["next_item"]
-    assert set(ni) == {"users", "unknown_targets", "all_items", "exclude_history"}
+    assert set(ni) == {"users", "unknown_targets", "all_items", "exclude_history", "ranks"}
     assert set(ni["all_items"]) == {"recall@1", "recall@5", "recall@10", "ndcg@10"}
+    assert len(ni["ranks"]["user"]) == len(ni["ranks"]["exclude_history"]) == ni["users"]
     assert 0.0 <= result["favourite_category"]["accuracy"] <= 1.0
     assert (tmp_path / "eval" / "results.md").is_file() and (
         tmp_path / "eval" / "plots" / "next_item.png"

@@ -9,6 +9,7 @@
     python -m training baselines --checkpoint=checkpoints/encoder --out_dir=results/baselines
     python -m training text-prompt --encoder_dir=checkpoints/encoder --out_dir=results/text-prompt
     python -m training results --inputs=results/ml-100k,results/ml-latest-small --out=docs/results.md
+    python -m training compare --a=results/encoder --b=results/anchor --out_dir=results/compare
 
 Under `torchrun --nproc_per_node=N -m training pretrain-encoder|finetune ...` the N processes train
 data-parallel (training/distributed.py); rank 0 alone prints the summary.
@@ -83,6 +84,18 @@ def _results(cfg: Any) -> Any:
     return run(cfg)
 
 
+def _compare(cfg: Any) -> Any:
+    from training.compare import main as run
+
+    return run(cfg)
+
+
+def _compare_config() -> Any:
+    from training.compare import CompareConfig
+
+    return CompareConfig()
+
+
 def _results_config() -> Any:
     from training.results import ResultsConfig
 
@@ -109,6 +122,11 @@ COMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str]] = {
         "text-prompt baseline: the frozen backbone reads the history as text, heads on its features",
     ),
     "results": (_results_config, _results, "collect results JSON files into docs/results.md + plots"),
+    "compare": (
+        _compare_config,
+        _compare,
+        "paired comparison of two next-item runs on the same users (difference and 95% interval)",
+    ),
 }
 
 

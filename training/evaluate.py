@@ -69,7 +69,9 @@ Scorer = Callable[[Sequence[Example]], Tensor]  # examples -> (B, V) item scores
 def evaluate_next_item(
     scorer: Scorer, corpus: Corpus, examples: Sequence[Example], *, ks: Sequence[int], batch_size: int = 128
 ) -> dict[str, Any]:
-    """Recall@K and NDCG@max(K) under both protocols, plus how many targets were unknown items."""
+    """Recall@K and NDCG@max(K) under both protocols, how many targets were unknown items, and each
+    user's 0-based target rank under both protocols (`ranks`: what `python -m training compare` pairs
+    between two runs)."""
     item_vocab = corpus.vocabs["item"]
     ranks: dict[str, list[Tensor]] = {name: [] for name in PROTOCOLS}
     unknown = 0
@@ -82,9 +84,12 @@ def evaluate_next_item(
         ranks["all_items"].append(target_ranks(scores, targets))
         ranks["exclude_history"].append(target_ranks(scores, targets, seen_mask(histories, scores.shape[1])))
     out: dict[str, Any] = {"users": len(examples), "unknown_targets": unknown}
+    per_user: dict[str, Any] = {"user": [ex.user for ex in examples]}
     for name in PROTOCOLS:
         joined = torch.cat(ranks[name]) if ranks[name] else torch.zeros(0, dtype=torch.long)
         out[name] = ranking_metrics(joined, ks=ks, ndcg_ks=(max(ks),))
+        per_user[name] = joined.tolist()
+    out["ranks"] = per_user
     return out
 
 

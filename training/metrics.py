@@ -103,17 +103,25 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     return {key: sum(p[key] for p in pairs) / n for key in ("rouge1", "rougeL")}
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, samples: int = 2000, seed: int = 0) -> dict:
-    """Relative gain of mean(a) over mean(b) on the same examples, with a 95% percentile interval from
-    resampling the examples (paired bootstrap)."""
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], *, samples: int = 2000, seed: int = 0, relative: bool = True
+) -> dict:
+    """Gain of mean(a) over mean(b) on the same examples, relative (mean(a) / mean(b) - 1) or, with
+    `relative=False`, absolute (mean(a) - mean(b)), with a 95% percentile interval from resampling the
+    examples (paired bootstrap)."""
     if len(a) != len(b) or not a:
         raise ValueError(f"need two equally long non-empty score lists, got {len(a)} and {len(b)}")
+
+    def gain(sum_a: float, sum_b: float) -> float:
+        if not relative:
+            return (sum_a - sum_b) / n
+        return sum_a / sum_b - 1 if sum_b else 0.0
+
     rng = random.Random(seed)
     n, gains = len(a), []
     for _ in range(samples):
         idx = [rng.randrange(n) for _ in range(n)]
-        base = sum(b[i] for i in idx)
-        gains.append(sum(a[i] for i in idx) / base - 1 if base else 0.0)
+        gains.append(gain(sum(a[i] for i in idx), sum(b[i] for i in idx)))
     gains.sort()
-    return {"gain": sum(a) / sum(b) - 1 if sum(b) else 0.0, "low": gains[int(0.025 * samples)],
+    return {"gain": gain(sum(a), sum(b)), "low": gains[int(0.025 * samples)],
             "high": gains[int(0.975 * samples) - 1], "examples": n}  # fmt: skip

@@ -1,0 +1,139 @@
+"""Paired comparison of two next-item runs on the same test users: is a difference more than noise?
+
+With a few hundred test users one Recall@10 near 0.1 has a standard error of about 0.01, so two runs'
+means alone cannot tell a 0.01 difference from chance. Both runs' results.json keep each user's target
+rank (`evaluate_next_item`'s `ranks`: `evaluate`, `baselines` and `scripts/sasrec_anchor.py` write
+them); this pairs the users, turns each rank into its Recall@K hit and NDCG@K gain, and gives the mean
+difference A - B with a 95% paired-bootstrap interval (`training.metrics.paired_bootstrap`, resampling
+users). An interval that holds 0 says the two runs are not told apart on these users.
+
+    python -m training compare --a=results/ours --b=results/anchor --model_b="anchor: SASRec+ ..." \\
+        --out_dir=results/compare
+
+Prints a markdown table and, with `--out_dir`, writes it (compare.md) and compare.json with the command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import ConfigError
+from training.evaluate import PROTOCOLS, command_line
+from training.metrics import paired_bootstrap
+
+__all__ = ["CompareConfig", "main", "paired_rows", "per_user_gains"]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Two runs (a results.json file or its folder, and a model name when the file holds several rows)."""
+
+    a: str = ""  # results.json (or its folder) of run A
+    b: str = ""  # results.json (or its folder) of run B
+    model_a: str = ""  # the row of A by its "model" name ("" = the file's only next-item row with ranks)
+    model_b: str = ""  # the row of B, likewise
+    k: int = 10  # cut-off of Recall@K and NDCG@K
+    samples: int = 2000  # bootstrap resamples of the users
+    seed: int = 0  # seeds the resampling
+    out_dir: str = ""  # "" = print only; else compare.json + compare.md here
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.samples < 100:
+            raise ConfigError(f"need k >= 1 and samples >= 100, got k={self.k}, samples={self.samples}")
+
+
+def _row(where: str, model: str) -> dict[str, Any]:
+    """The next-item row named `model` (or the only one with per-user ranks) of a results.json."""
+    path = Path(where)
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"{where}: no results.json there")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc})") from None
+    ranked = [r for r in rows if isinstance(r, dict) and "ranks" in (r.get("next_item") or {})]
+    if model:
+        named = [r for r in ranked if r.get("model") == model]
+        if not named:
+            names = ", ".join(repr(r.get("model")) for r in ranked) or "none"
+            raise ConfigError(
+                f"{path}: no next-item row {model!r} with per-user ranks (rows with ranks: {names})"
+            )
+        return named[0]
+    if len(ranked) != 1:
+        names = ", ".join(repr(r.get("model")) for r in ranked) or "none"
+        raise ConfigError(f"{path}: {len(ranked)} next-item rows with per-user ranks ({names}); name one")
+    return ranked[0]
+
+
+def per_user_gains(ranks: list[int], k: int) -> dict[str, list[float]]:
+    """Each user's Recall@k hit and NDCG@k gain from its 0-based target rank (`ranking_metrics` per user)."""
+    return {
+        f"recall@{k}": [1.0 if r < k else 0.0 for r in ranks],
+        f"ndcg@{k}": [1.0 / math.log2(r + 2) if r < k else 0.0 for r in ranks],
+    }
+
+
+def paired_rows(a: dict[str, Any], b: dict[str, Any], *, k: int, samples: int, seed: int) -> list[dict]:
+    """Per protocol and metric: mean of A, mean of B, A - B and its 95% interval over the shared users.
+    The two runs must have scored the same users (the same split of the same data)."""
+    ranks_a, ranks_b = a["next_item"]["ranks"], b["next_item"]["ranks"]
+    users_a, users_b = ranks_a["user"], ranks_b["user"]
+    if sorted(users_a) != sorted(users_b):
+        only_a, only_b = set(users_a) - set(users_b), set(users_b) - set(users_a)
+        raise ConfigError(
+            f"the runs scored different users ({len(users_a)} and {len(users_b)}; {len(only_a)} only in A, "
+            f"{len(only_b)} only in B): compare runs on the same split of the same data"
+        )
+    order_b = {user: i for i, user in enumerate(users_b)}
+    rows = []
+    for protocol in PROTOCOLS:
+        gains_a = per_user_gains(ranks_a[protocol], k)
+        gains_b = per_user_gains([ranks_b[protocol][order_b[u]] for u in users_a], k)
+        for metric, values_a in gains_a.items():
+            values_b = gains_b[metric]
+            diff = paired_bootstrap(values_a, values_b, samples=samples, seed=seed, relative=False)
+            rows.append({
+                "protocol": protocol, "metric": metric, "a": sum(values_a) / len(values_a),
+                "b": sum(values_b) / len(values_b), "a_minus_b": diff["gain"], "low": diff["low"],
+                "high": diff["high"], "users": diff["examples"],
+            })  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict], name_a: str, name_b: str) -> str:
+    lines = [
+        f"A: {name_a}  \nB: {name_b}", "",
+        "| protocol | metric | A | B | A - B | 95% interval (paired bootstrap) | users |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['protocol']} | {r['metric']} | {r['a']:.4f} | {r['b']:.4f} | {r['a_minus_b']:+.4f} | "
+            f"[{r['low']:+.4f}, {r['high']:+.4f}] | {r['users']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(cfg: CompareConfig) -> dict[str, Any]:
+    if not cfg.a or not cfg.b:
+        raise ConfigError("give both runs: --a=RESULTS --b=RESULTS (results.json files or their folders)")
+    a, b = _row(cfg.a, cfg.model_a), _row(cfg.b, cfg.model_b)
+    rows = paired_rows(a, b, k=cfg.k, samples=cfg.samples, seed=cfg.seed)
+    table = markdown(rows, a.get("model", cfg.a), b.get("model", cfg.b))
+    print(table)  # noqa: T201 - a CLI report
+    summary: dict[str, Any] = {
+        "a": a.get("model"), "b": b.get("model"), "rows": rows, "config": asdict(cfg),
+        "command": command_line(),
+    }  # fmt: skip
+    if cfg.out_dir:
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (out / "compare.md").write_text(f"{table}\n\n`{summary['command']}`\n", encoding="utf-8")
+    return {"a": summary["a"], "b": summary["b"], "out_dir": cfg.out_dir}
