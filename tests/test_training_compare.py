@@ -59,8 +59,15 @@ def test_compare_writes_its_table_and_refuses_unmatched_runs(tmp_path: Path, cap
     other = _write(tmp_path / "other", [_row("other", ["a", "b", "c", "e"], [0] * 4, [0] * 4)])
     with pytest.raises(ConfigError, match="different users .*1 only in A, 1 only in B"):
         main(CompareConfig(a=str(one), b=str(other)))
-    with pytest.raises(ConfigError, match="no next-item row 'nope' with per-user ranks .*'anchor'"):
+    with pytest.raises(ConfigError, match="0 next-item rows 'nope' with per-user ranks, need one .*'anchor'"):
         main(CompareConfig(a=str(one), b=str(two), model_b="nope"))
+    # the report's JSON (data set -> rows) serves as well, rows picked by name
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"toy": json.loads((one / "results.json").read_text()),
+                                  "other": json.loads((two / "results.json").read_text())}))  # fmt: skip
+    out = str(tmp_path / "r")
+    main(CompareConfig(a=str(report), model_a="ours", b=str(report), model_b="anchor", out_dir=out))
+    assert (tmp_path / "r" / "compare.md").read_text().startswith("A: ours")
     with pytest.raises(ConfigError, match="no results.json there"):
         main(CompareConfig(a=str(tmp_path / "missing"), b=str(two)))
     assert cli(["compare", f"--a={one}"]) == 2  # B missing: a clear error, exit 2

@@ -9,6 +9,7 @@ users). An interval that holds 0 says the two runs are not told apart on these u
 
     python -m training compare --a=results/ours --b=results/anchor --model_b="anchor: SASRec+ ..." \\
         --out_dir=results/compare
+    python -m training compare --a=docs/results.json --model_a=NAME --b=docs/results.json --model_b=NAME
 
 Prints a markdown table and, with `--out_dir`, writes it (compare.md) and compare.json with the command.
 """
@@ -47,7 +48,8 @@ class CompareConfig:
 
 
 def _row(where: str, model: str) -> dict[str, Any]:
-    """The next-item row named `model` (or the only one with per-user ranks) of a results.json."""
+    """The next-item row named `model` (or the only one with per-user ranks) of a results.json, or of
+    the report's JSON (`results --json_out`: data set -> rows)."""
     path = Path(where)
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
@@ -56,13 +58,16 @@ def _row(where: str, model: str) -> dict[str, Any]:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not JSON ({exc})") from None
+    if isinstance(rows, dict):  # the report's JSON: its sections' rows
+        rows = [row for section in rows.values() if isinstance(section, list) for row in section]
     ranked = [r for r in rows if isinstance(r, dict) and "ranks" in (r.get("next_item") or {})]
     if model:
         named = [r for r in ranked if r.get("model") == model]
-        if not named:
+        if len(named) != 1:
             names = ", ".join(repr(r.get("model")) for r in ranked) or "none"
             raise ConfigError(
-                f"{path}: no next-item row {model!r} with per-user ranks (rows with ranks: {names})"
+                f"{path}: {len(named)} next-item rows {model!r} with per-user ranks, need one "
+                f"(rows with ranks: {names})"
             )
         return named[0]
     if len(ranked) != 1:
