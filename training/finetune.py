@@ -5,10 +5,11 @@ USER-LLM (Ning, Liu et al., 2024, arXiv 2402.13598) Sec. 3-4: the pretrained enc
 compressed to 16 `user_tokens` and contextualize the LLM through gated cross-attention (default) or
 a soft prompt; strategies full / enc / lora / proj choose what trains (models/strategies.py). One task a
 step, in the order of `--tasks` (a task may appear twice in the cycle); the language tasks may use their
-own batch size. Validation on the held-out validation events: next-item Recall@10 over the full catalogue,
-genre accuracy, and the language tasks' losses on the first validation users; the checkpoint with the
-best mean validation loss is saved, or with `select_by="ndcg"` the one with the best next-item NDCG@10
-excluding history, the untrained model (validated before the first step) included.
+own batch size. Validation on the held-out validation events: next-item Recall@10 / NDCG@10 over the full
+catalogue and excluding the history, genre accuracy, and the language tasks' losses on the first
+validation users; the checkpoint with the best mean validation loss is saved, or with
+`select_by="ndcg"` the one with the best next-item NDCG@10 excluding history, the untrained model
+(validated before the first step) included.
 
 Checkpoint (`out_dir`, kind "userllm", the format `models/personalized.py` documents): trainable
 weights + the whole user tower + heads, `config.json` = asdict(UserLLMConfig), manifest with the
