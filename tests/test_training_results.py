@@ -90,3 +90,15 @@ def test_every_model_of_a_chart_gets_its_own_colour() -> None:
     for n in (1, 10, 11, 12, 20, 21, 35):
         colors = series_colors(n)
         assert len(colors) == n and len(set(colors)) == n
+
+
+def test_json_text_keeps_lists_of_scalars_on_one_line_and_round_trips() -> None:
+    from training.results import json_text
+
+    obj = {"ranks": {"user": ["u1", "u 2", 'q"r'], "all_items": [0, 5, 1677]}, "lr": [1e-05, -0.5],
+           "nested": [[1, 2], [3]], "empty": [], "text": ["a, b"]}  # fmt: skip
+    text = json_text(obj)
+    assert json.loads(text) == obj and text.endswith("}\n")
+    assert '"all_items": [0, 5, 1677]' in text and '"lr": [1e-05, -0.5]' in text
+    assert '"text": ["a, b"]' in text  # a comma inside a string is not a separator
+    assert '"user": [\n' in text  # a list with an escaped string keeps json.dumps's layout

@@ -16,7 +16,6 @@ is scored as accuracy; review generation as ROUGE-1 / ROUGE-L F1 (`rouge-score`)
 
 from __future__ import annotations
 
-import json
 import random
 import shlex
 import sys
@@ -236,12 +235,12 @@ def evaluate_userllm(cfg: EvalConfig, ck: Checkpoint, corpus: Corpus, examples: 
 
 def write_results(results: list[dict[str, Any]], out_dir: str | Path) -> Path:
     """results.json, results.md and plots/ in `out_dir`; returns the JSON path."""
-    from training.results import markdown_table, plot_results
+    from training.results import json_text, markdown_table, plot_results
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json_text(results), encoding="utf-8")
     (out / "results.md").write_text(markdown_table(results) + "\n", encoding="utf-8")
     plot_results(results, out / "plots")
     return path

@@ -150,6 +150,17 @@ def plot_results(
     return path
 
 
+_SCALAR = r'(?:-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|"[^"\\\n]*")'  # a JSON number or a plain string
+_SCALAR_LIST = re.compile(r"\[\s*(" + _SCALAR + r"(?:,\s*" + _SCALAR + r")*)\s*\]")
+
+
+def json_text(obj: Any) -> str:
+    """`json.dumps(obj, indent=2)` with every list of numbers or plain strings on one line (the per-user
+    ranks of a next-item row would otherwise take a line per user)."""
+    text = json.dumps(obj, indent=2)
+    return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(re.findall(_SCALAR, m.group(1))) + "]", text) + "\n"
+
+
 def plot_log(log_path: str | Path, out_path: str | Path, title: str) -> Path:
     """Training / validation loss curves from a run's log.jsonl."""
     import matplotlib
@@ -255,7 +266,7 @@ def main(cfg: ResultsConfig) -> dict[str, Any]:
         lines += [f"![{name}]({os.path.relpath(plot, Path(cfg.out).parent)})", ""]
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text("\n".join(lines), encoding="utf-8")
-    Path(cfg.json_out).write_text(json.dumps(by_dataset, indent=2) + "\n", encoding="utf-8")
+    Path(cfg.json_out).write_text(json_text(by_dataset), encoding="utf-8")
     return {
         "report": cfg.out,
         "json": cfg.json_out,
