@@ -157,6 +157,21 @@ def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     assert resolved("--recipe=ml-latest-d64-orth-fusion") == dict(latest, **fusion)
 
 
+def test_the_ndcg_selected_userllm_recipe_is_the_measured_run() -> None:
+    """docs/results.md measured ml-100k-next-item-skip-proj-ndcg as the frozen-encoder recipe plus
+    --select_by=ndcg --lr=1e-4 --min_lr=1e-5."""
+    from training.recipes import resolve_config
+
+    def resolved(*argv: str) -> dict:
+        cfg = dataclasses.asdict(resolve_config("finetune", FinetuneConfig(), argv))
+        return {k: v for k, v in cfg.items() if k != "recipe"}
+
+    measured = resolved(
+        "--recipe=ml-100k-next-item-skip-proj", "--select_by=ndcg", "--lr=1e-4", "--min_lr=1e-5"
+    )
+    assert resolved("--recipe=ml-100k-next-item-skip-proj-ndcg") == measured
+
+
 def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:
     from training.config import TrainConfig, default_run_dir
 

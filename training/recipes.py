@@ -150,6 +150,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                "excluding history on two seeds of the ml-100k-d64-orth-fusion encoder (0.193 each; "
                "docs/results.md)",
                dict(_SKIP, strategy="proj")),
+        Recipe("finetune", "ml-100k-next-item-skip-proj-ndcg",
+               "ml-100k-next-item-skip-proj at lr 1e-4, keeping the best validation NDCG@10 excluding "
+               "history, the untrained start (the encoder's own ranking) included (docs/results.md)",
+               dict(_SKIP, strategy="proj", select_by="ndcg", lr=1e-4, min_lr=1e-5)),
         Recipe("finetune", "ml-100k", "multi-task USER-LLM on ML-100K (scoring + language tasks)",
                dict(_USERLLM, **_ML100K, tasks=_MULTITASK_NEXT_ITEM, steps=2100, batch_size=32,
                     text_batch_size=16, warmup=50, eval_interval=700, eval_users=0)),
