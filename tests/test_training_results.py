@@ -96,9 +96,11 @@ def test_json_text_keeps_lists_of_scalars_on_one_line_and_round_trips() -> None:
     from training.results import json_text
 
     obj = {"ranks": {"user": ["u1", "u 2", 'q"r'], "all_items": [0, 5, 1677]}, "lr": [1e-05, -0.5],
-           "nested": [[1, 2], [3]], "empty": [], "text": ["a, b"]}  # fmt: skip
+           "nested": [[1, 2], [3]], "empty": [], "text": ["a, b"],
+           "sample": "scores [1,2] and [ 3 ]"}  # fmt: skip
     text = json_text(obj)
     assert json.loads(text) == obj and text.endswith("}\n")
     assert '"all_items": [0, 5, 1677]' in text and '"lr": [1e-05, -0.5]' in text
     assert '"text": ["a, b"]' in text  # a comma inside a string is not a separator
     assert '"user": [\n' in text  # a list with an escaped string keeps json.dumps's layout
+    assert '"sample": "scores [1,2] and [ 3 ]"' in text  # text inside a string is never rewritten

@@ -151,12 +151,14 @@ def plot_results(
 
 
 _SCALAR = r'(?:-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|"[^"\\\n]*")'  # a JSON number or a plain string
-_SCALAR_LIST = re.compile(r"\[\s*(" + _SCALAR + r"(?:,\s*" + _SCALAR + r")*)\s*\]")
+# an indented list of scalars, one per line: raw newlines never occur inside a JSON string, so text
+# that merely looks like a list ("[1,2]" in a generated sample) is left alone
+_SCALAR_LIST = re.compile(r"\[\n\s*(" + _SCALAR + r"(?:,\n\s*" + _SCALAR + r")*)\n\s*\]")
 
 
 def json_text(obj: Any) -> str:
     """`json.dumps(obj, indent=2)` with every list of numbers or plain strings on one line (the per-user
-    ranks of a next-item row would otherwise take a line per user)."""
+    ranks of a next-item row would otherwise take a line per user); strings are never changed."""
     text = json.dumps(obj, indent=2)
     return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(re.findall(_SCALAR, m.group(1))) + "]", text) + "\n"
 
