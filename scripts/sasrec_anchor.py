@@ -18,6 +18,9 @@ What stands in for their `run.py`:
     validated on our validation targets after every epoch, early stopping on NDCG@10 excluding the
     history (their `val_ndcg` with `filter_seen`; patience 10), the best epoch's weights kept; the loop
     stops, mid-epoch if need be, when `--minutes` of process CPU time (training + validation) are spent;
+  - the process keeps freed memory in its heap for reuse (training/heap.py), as our training CLI does,
+    so both spend the CPU budget on arithmetic rather than on mapping fresh pages for each large tensor
+    (`heap_reuse` in the record; `MALLOC_MMAP_MAX_=65536` in the environment leaves glibc's default);
   - their metrics and ClearML: our `evaluate_next_item` (full ranking over all items and excluding the
     history, ties by item id, targets unseen in training are misses) into a results.json that
     `python -m training results` reads.
@@ -49,6 +52,7 @@ from training.config import seed_everything  # noqa: E402
 from training.corpus import Corpus, git_sha, load_corpus  # noqa: E402
 from training.data import Event, Example  # noqa: E402
 from training.evaluate import evaluate_next_item, write_results  # noqa: E402
+from training.heap import keep_freed_memory  # noqa: E402
 from training.overrides import apply_overrides  # noqa: E402
 
 FIRST_ITEM_ID = 2  # our vocabulary: 0 pad, 1 unknown, >= 2 items; theirs: 0 pad, >= 1 items
@@ -282,6 +286,7 @@ def fit(cfg: AnchorConfig, corpus: Corpus, sasrec: Mapping[str, types.ModuleType
 def main(cfg: AnchorConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Load, train, test, write `out_dir/results.json`; returns the results row."""
     wall0 = time.perf_counter()
+    heap_reuse = keep_freed_memory()
     torch.set_num_threads(cfg.threads)
     sasrec = load_sasrec_plus(cfg.sasrec_src)
     corpus = load_corpus(cfg.dataset, cfg.path or None, max_users=cfg.max_users)
@@ -297,6 +302,7 @@ def main(cfg: AnchorConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
         wall_seconds=round(time.perf_counter() - wall0, 1),
         cpu_seconds=round(time.process_time(), 1),
         threads=cfg.threads,
+        heap_reuse=heap_reuse,
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         code="antklen/sasrec-bert4rec-recsys23",
         commit=git_sha(src) if (src.resolve().parent / ".git").exists() else None,

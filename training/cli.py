@@ -37,6 +37,7 @@ from training.config import (
     TrainConfig,
 )
 from training.distributed import env_rank
+from training.heap import keep_freed_memory
 from training.recipes import recipes_for, resolve_config
 
 __all__ = ["main"]
@@ -153,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_help(name, make_config()))
         return 0
+    keep_freed_memory()  # no mmap + page faults per large tensor (training/heap.py)
     try:
         cfg = resolve_config(name, make_config(), rest)
         summary = run(cfg)
