@@ -5,9 +5,10 @@ PyTorch's CPU allocator takes every tensor from `malloc`. glibc serves a block a
 training step whose next-item logits are (predicted events x items) floats (6,272 x 9,742 = 244 MB on
 ml-latest-small; the seen bias, the log-softmax and the gradients add more of that size) makes the
 kernel map and zero-fill fresh pages for each of them, every step. Side by side on this 2-core machine
-(`python -m benchmarks.bench_train_throughput`, docs/benchmarks.md, 2026-12-06): a pretraining step
-of the d-128 encoder on ml-latest-small took 1,514 ms with glibc's defaults and 808 ms with the
-settings below (1.76x), a 20-step run 68.4 CPU-seconds (21.7 of them system time) against 37.1 (1.8).
+(`python -m benchmarks.bench_train_throughput`, docs/benchmarks.md, 2026-12-06): a pretraining step of
+`ml-latest-d64-orth-fusion` took 1,128 ms with glibc's defaults and 532 ms with the settings below
+(2.12x; a 20-step run 47.5 CPU-seconds, 19.6 of them system time, against 24.9), one of the d-128
+encoder 1,396 ms against 857 (1.67x). How much it saves depends on what fresh pages cost on the host.
 The heap grows over the first steps and stays: peak resident memory is higher (1.5 -> 2.3 GB on the
 `ml-latest-d64-orth-fusion` recipe).
 
