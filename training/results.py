@@ -127,7 +127,10 @@ def plot_results(
     out.mkdir(parents=True, exist_ok=True)
     protocols = ("all_items", "exclude_history")
     keys = list(results[0]["next_item"]["all_items"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.2 * math.ceil(len(results) / 2)), sharey=True)
+    rows = math.ceil(len(results) / 2)  # legend lines, 2 columns
+    legend_inches = 0.2 + 0.16 * rows  # 7-point labels: about 0.16 inch a line
+    height = 3.6 + legend_inches  # the panels keep their height whatever the number of models
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
     width = 0.8 / max(1, len(results))
     colors = series_colors(len(results))
     for ax, protocol in zip(axes, protocols, strict=True):
@@ -140,10 +143,9 @@ def plot_results(
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("score")
     handles, labels = axes[0].get_legend_handles_labels()
-    rows = math.ceil(len(labels) / 2)
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)  # below: no bar hidden
     fig.suptitle(f"{results[0].get('dataset', '')}: next-item, full ranking")
-    fig.tight_layout(rect=(0, 0.045 * rows, 1, 1))
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1))
     path = out / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
