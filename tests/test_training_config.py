@@ -139,8 +139,9 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
 
 def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     """docs/results.md measured ml-100k-d64-orth as the d-64 recipe plus --tied_head_init=orthogonal,
-    ml-latest-d64-orth as those options on ml-latest-small, and the -fusion recipes as each of them plus
-    --fusion_init=orthogonal: the recipes must stay those runs."""
+    ml-latest-d64-orth as those options on ml-latest-small, the -fusion recipes as each of them plus
+    --fusion_init=orthogonal, and ml-latest-d64-orth-fusion-200 as the latter plus --window=200
+    --stride=200 --sampling=last --batch_size=64 --epochs=80: the recipes must stay those runs."""
     from training.recipes import resolve_config
 
     def resolved(*argv: str) -> dict:
@@ -155,6 +156,8 @@ def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     fusion = {"fusion_init": "orthogonal"}  # the same runs with the event-fusion projection orthogonal
     assert resolved("--recipe=ml-100k-d64-orth-fusion") == dict(measured, **fusion)
     assert resolved("--recipe=ml-latest-d64-orth-fusion") == dict(latest, **fusion)
+    newest_200 = dict(window=200, stride=200, sampling="last", batch_size=64, epochs=80)  # SASRec+'s data
+    assert resolved("--recipe=ml-latest-d64-orth-fusion-200") == dict(latest, **fusion, **newest_200)
 
 
 def test_the_ndcg_selected_userllm_recipe_is_the_measured_run() -> None:
