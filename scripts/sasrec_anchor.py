@@ -36,7 +36,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -329,6 +329,23 @@ def main(cfg: AnchorConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     return result
 
 
+def cli(argv: Sequence[str]) -> int:
+    """`--key=value` options -> a run; `--help` lists the options with their defaults; a bad option or
+    value is one line on stderr and exit code 2 (the training CLI's convention), not a traceback."""
+    if any(a in ("-h", "--help") for a in argv):
+        summary = __doc__.split("\n\n")[0]  # the module docstring's first paragraph
+        print(f"{summary}\n\npython scripts/sasrec_anchor.py [--key=value ...]\n")
+        for field in fields(AnchorConfig):
+            print(f"  --{field.name}={field.default!r}  ({field.type})")
+        return 0
+    try:
+        cfg = apply_overrides(AnchorConfig(), argv)
+    except ValueError as exc:  # ConfigError too (an unknown option, a bad value)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    main(cfg, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(apply_overrides(AnchorConfig(), args), args)
+    sys.exit(cli(sys.argv[1:]))

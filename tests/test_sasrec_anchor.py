@@ -140,3 +140,16 @@ def test_driver_trains_their_model_and_writes_results(tmp_path: Path, one_torch_
     )
     assert "| anchor under test |" in out.read_text()
     assert json.loads((tmp_path / "r.json").read_text())["movielens-latest"][0]["command"].endswith("40")
+
+
+def test_help_lists_the_options_and_a_bad_option_is_one_line(capsys) -> None:
+    """`--help` prints every option with its default and exits 0; an unknown option or a bad value is a
+    line on stderr naming it and exit code 2, before any data is loaded (no traceback)."""
+    assert anchor.cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--sasrec_src=''" in out and "--minutes=10.0" in out and "--seed=1337" in out
+    assert anchor.cli(["--minuts=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown option --minuts") and "Traceback" not in err
+    assert anchor.cli(["--batch_size=0"]) == 2
+    assert "batch sizes, max_epochs, patience and threads must be >= 1" in capsys.readouterr().err
