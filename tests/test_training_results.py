@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.results import ResultsConfig, main, series_colors
+from training.results import ResultsConfig, main, plot_results, series_colors
 
 
 def _row(model: str, group: str = "", **extra) -> dict:
@@ -90,6 +90,19 @@ def test_every_model_of_a_chart_gets_its_own_colour() -> None:
     for n in (1, 10, 11, 12, 20, 21, 35):
         colors = series_colors(n)
         assert len(colors) == n and len(set(colors)) == n
+
+
+def test_a_chart_of_many_long_model_names_cuts_none_of_them(tmp_path: Path) -> None:
+    """The legend sits below the panels in two columns; names longer than half the figure's width ran
+    off both sides of the image (the docs' ml-latest-small chart lost the start of every left-hand
+    name). Nothing drawn may touch the image's edges: every border pixel is background."""
+    import matplotlib.pyplot as plt
+
+    names = [f"sequence-only: a long descriptive model name, row {i}, " + "options " * 8 for i in range(24)]
+    path = plot_results([_row(name) for name in names], tmp_path)
+    image = plt.imread(path)[..., :3]  # (H, W, 3) in [0, 1]
+    for border in (image[0], image[-1], image[:, 0], image[:, -1]):
+        assert border.min() > 0.95  # white: no label, bar or swatch cut at the edge
 
 
 def test_json_text_keeps_lists_of_scalars_on_one_line_and_round_trips() -> None:

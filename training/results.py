@@ -147,7 +147,7 @@ def plot_results(
     fig.suptitle(f"{results[0].get('dataset', '')}: next-item, full ranking")
     fig.tight_layout(rect=(0, legend_inches / height, 1, 1))
     path = out / name
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # widened to hold the longest names, none cut
     plt.close(fig)
     return path
 
