@@ -140,8 +140,9 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
 def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     """docs/results.md measured ml-100k-d64-orth as the d-64 recipe plus --tied_head_init=orthogonal,
     ml-latest-d64-orth as those options on ml-latest-small, the -fusion recipes as each of them plus
-    --fusion_init=orthogonal, and ml-latest-d64-orth-fusion-200 as the latter plus --window=200
-    --stride=200 --sampling=last --batch_size=64 --epochs=80: the recipes must stay those runs."""
+    --fusion_init=orthogonal, ml-latest-d64-orth-fusion-200 as the latter plus --window=200
+    --stride=200 --sampling=last --batch_size=64 --epochs=80, and ml-latest-d64-orth-fusion-side025 as
+    ml-latest-d64-orth-fusion plus --side_loss_weight=0.25: the recipes must stay those runs."""
     from training.recipes import resolve_config
 
     def resolved(*argv: str) -> dict:
@@ -158,11 +159,14 @@ def test_orthogonal_encoder_recipes_are_the_measured_runs() -> None:
     assert resolved("--recipe=ml-latest-d64-orth-fusion") == dict(latest, **fusion)
     newest_200 = dict(window=200, stride=200, sampling="last", batch_size=64, epochs=80)  # SASRec+'s data
     assert resolved("--recipe=ml-latest-d64-orth-fusion-200") == dict(latest, **fusion, **newest_200)
+    side = dict(side_loss_weight=0.25)  # genre and rating losses at a quarter of the item loss's weight
+    assert resolved("--recipe=ml-latest-d64-orth-fusion-side025") == dict(latest, **fusion, **side)
 
 
 def test_the_ndcg_selected_userllm_recipe_is_the_measured_run() -> None:
     """docs/results.md measured ml-100k-next-item-skip-proj-ndcg as the frozen-encoder recipe plus
-    --select_by=ndcg --lr=1e-4 --min_lr=1e-5."""
+    --select_by=ndcg --lr=1e-4 --min_lr=1e-5, and ml-latest-next-item-skip-proj-ndcg as that recipe on
+    ml-latest-small."""
     from training.recipes import resolve_config
 
     def resolved(*argv: str) -> dict:
@@ -173,6 +177,8 @@ def test_the_ndcg_selected_userllm_recipe_is_the_measured_run() -> None:
         "--recipe=ml-100k-next-item-skip-proj", "--select_by=ndcg", "--lr=1e-4", "--min_lr=1e-5"
     )
     assert resolved("--recipe=ml-100k-next-item-skip-proj-ndcg") == measured
+    on_latest = dict(measured, dataset="movielens-latest", path=None)  # the same run on ml-latest-small
+    assert resolved("--recipe=ml-latest-next-item-skip-proj-ndcg") == on_latest
 
 
 def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:
