@@ -112,3 +112,27 @@ def test_garbled_catches_non_prose_that_does_not_repeat_word_for_word() -> None:
     listed = "Three picks for tonight:\n1. Heat (1995)\n2. Fargo (1996)\n3. Alien (1979)\nEnjoy!"
     bullets = "- The Matrix: mind-bending\n- The Thing: tense\n- The Fly: gross\n- The Birds: eerie"
     assert garbled(prose) is None and garbled(listed) is None and garbled(bullets) is None
+
+
+def test_suggestion_facts_check_year_genres_and_reason_against_the_catalogue() -> None:
+    """The demo's chat said "The Lion King (1986). It is an Animation, Children, Comedy and Romance movie,
+    and you often watch Drama movies." for a Comedy-first user: year and genres wrong, the reason right
+    only if Drama is among the user's favourites. Each fact is judged on its own; unstated ones are None."""
+    from training.text_metrics import suggestion_facts
+
+    cats = ["Adventure", "Animation", "Children", "Comedy", "Drama", "Musical", "Romance", "Sci-Fi", "Fi"]
+    lion = ("Lion King, The (1994)", ["Adventure", "Animation", "Children", "Drama", "Musical"])
+
+    def facts(answer: str, favourites: list[str], item: tuple = lion) -> dict:
+        return suggestion_facts(answer, *item, favourites, cats, "movie")
+
+    said = "The Lion King (1986). It is an Animation, Children, Comedy and Romance movie, and you often "
+    said += "watch Drama movies."
+    assert facts(said, ["Comedy", "Drama"]) == {"year": False, "genres": False, "reason": True}
+    assert facts(said, ["Comedy"])["reason"] is False
+    right = "The Lion King (1994). It is an Animation and Musical movie, and you often watch Drama movies."
+    assert facts(right, ["Drama"]) == {"year": True, "genres": True, "reason": True}
+    free = "How about The Lion King? A classic for the whole family."  # states none of the three
+    assert facts(free, ["Drama"]) == {"year": None, "genres": None, "reason": None}
+    alien = ("Alien (1979)", ["Horror", "Sci-Fi"])  # "Sci-Fi" names Sci-Fi, not the category "Fi"
+    assert facts("Alien (1979). It is a Sci-Fi movie.", [], alien)["genres"] is True

@@ -126,6 +126,7 @@ def test_one_multitask_checkpoint_answers_every_task_and_text_check_fails_on_gar
     out, err = capsys.readouterr()
     assert code == 1 and "check FAILED: degenerate text" in err
     assert "generic-text perplexity" in out and "targets missed" in out
+    assert "chat_year_right" in out and "chat_reason_right" in out  # the facts of the suggestions
     assert (tmp_path / "check" / "text.json").is_file()
 
 

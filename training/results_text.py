@@ -6,7 +6,9 @@ with the reference).
 Fluency: generic-text perplexity with the user's tokens / the bare backbone's; distinct-2 and the share
 of looping samples of the chat, review and taste answers. Personalization: taste answers that name the
 favourite category first, chat suggestions that name a catalogue title, the held-out next item, a
-title of the favourite category. Both with the user and at cold start (the same checkpoint, no user).
+title of the favourite category; of the suggestions that state them, the share with the title's year,
+the item's genres and the user's favourite genres right ("-": none states them, or a row measured
+before these checks). Both with the user and at cold start (the same checkpoint, no user).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ PERSONALIZATION = {
     "chat_title_is_next_item": "title = next item",
     "chat_distinct_titles": "distinct titles / users",
     "chat_title_in_favourite": "title in fav. genre",
+    "chat_year_right": "year right",
+    "chat_genres_right": "genres right",
+    "chat_reason_right": "reason right",
 }
 
 
@@ -69,7 +74,7 @@ def text_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
     for row in rows:
         for side in ("user", "cold_start"):
             pers = row["text"][side]["personalization"]
-            values = [_f(pers[k]) if k in pers else "-" for k in PERSONALIZATION]
+            values = [_f(pers[k]) if pers.get(k) is not None else "-" for k in PERSONALIZATION]
             cells = [row["model"], side.replace("_", " "), *values]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "### Generated text: samples", ""]

@@ -40,7 +40,7 @@ def format_report(report: dict[str, Any], samples: int = 2) -> str:
                 f"  looping {rep['looping']:.0%}  empty {rep['empty']:.0%}"
             )
         pers = report[side]["personalization"]
-        lines.append("    " + "  ".join(f"{k} {v:.2f}" for k, v in pers.items()))
+        lines.append("    " + "  ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in pers.items()))
     for kind, prompts in report["requests"].items():
         for i in range(min(samples, len(prompts))):
             lines.append(f"  [{kind}] {prompts[i]}")

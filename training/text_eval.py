@@ -9,6 +9,9 @@ the user.
 - personalization: the taste answer names the user's favourite category (first); the suggestion names
   a catalogue title, the user's held-out next item, and a title of the user's favourite category, and
   how many different titles the chat answers name per user (1.0 = a different title for every user);
+- facts: of the suggestions that state them, the share whose title year, "It is a ... movie" genres
+  and "you often watch ... movies" reason agree with the catalogue and the user's three most frequent
+  categories (training/text_metrics.py `suggestion_facts`; None where no answer states them);
 - samples: the first five answers of each request, side by side with the cold-start answer.
 
 "cold start" runs the same checkpoint with no user tokens (the bare backbone: the cross-attention blocks
@@ -31,8 +34,16 @@ from models.prompts import instruction, prompt_ids
 from models.strategies import has_lora, lora_disabled
 from training.data import Example, favourite_category, format_rating
 from training.generic_text import GenericText
-from training.text_metrics import loops, mentioned_titles, repetition_summary, share, title_index, words
-from training.text_tasks import TextTasks
+from training.text_metrics import (
+    loops,
+    mentioned_titles,
+    repetition_summary,
+    share,
+    suggestion_facts,
+    title_index,
+    words,
+)
+from training.text_tasks import TextTasks, top_categories
 
 __all__ = ["CHAT_PROMPT", "TEXT_TARGETS", "degenerate", "missed_targets", "perplexity_ratio", "text_report"]
 
@@ -128,6 +139,21 @@ def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict
         return hits[0][1] if hits else None
 
     nexts = [ex.target.item for ex in examples]
+    categories = text.runner.corpus.vocabs["category"].tokens[2:]
+    facts = [
+        suggestion_facts(
+            answer, (catalogue.get(n) or {}).get("title", "") if n else "",
+            (catalogue.get(n) or {}).get("categories", []) if n else [], top_categories(ex.history),
+            categories, text.runner.noun,
+        )
+        for answer, n, ex in zip(answers["chat"], first_named, examples, strict=True)
+    ]  # fmt: skip
+
+    def right(kind: str) -> float | None:
+        """Share of the answers stating `kind` that state it right (None: no answer states it)."""
+        judged = [f[kind] for f in facts if f[kind] is not None]
+        return share(judged) if judged else None
+
     return {
         "taste_names_favourite": share(f is not None and first_category(a) == f
                                        for a, f in zip(answers["taste"], favourites, strict=True)),
@@ -138,6 +164,9 @@ def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict
             n is not None and f in (catalogue.get(n) or {}).get("categories", [])
             for n, f in zip(first_named, favourites, strict=True)
         ),
+        "chat_year_right": right("year"),
+        "chat_genres_right": right("genres"),
+        "chat_reason_right": right("reason"),
     }  # fmt: skip
 
 

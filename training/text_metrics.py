@@ -11,6 +11,8 @@ MovieLens text tasks.
   blank lines, or a column of one-word lines that start alike ("cueuvent / cueuvertools / cueuvorertools").
 - `mentioned_titles`: catalogue titles a generated text names (normalised substring match), for the
   "suggest" task's personalization figures.
+- `suggestion_facts`: whether what a suggestion states (the title's year, "It is a ... movie", "you often
+  watch ... movies", the phrasing the "suggest" task trains) agrees with the catalogue and the history.
 
 Tokens are lower-cased runs of letters, digits and apostrophes, and runs of other non-space characters
 (so a loop of "...." is caught like a loop of words).
@@ -34,6 +36,7 @@ __all__ = [
     "repeated_ngram_share",
     "repetition_summary",
     "share",
+    "suggestion_facts",
     "title_index",
     "words",
 ]
@@ -167,3 +170,40 @@ def share(flags: Iterable[bool]) -> float:
     """Mean of booleans (0.0 for none)."""
     values = [float(f) for f in flags]
     return sum(values) / len(values) if values else 0.0
+
+
+_YEAR_IN_TEXT = re.compile(r"\((\d{4})\)")
+
+
+def _named(clause: str, categories: Sequence[str]) -> set[str]:
+    """The categories a clause names (whole names, case-insensitive; "Sci-Fi" is not "Fi")."""
+    return {
+        c for c in categories if re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", clause, re.IGNORECASE)
+    }
+
+
+def suggestion_facts(
+    answer: str, title: str, item_categories: Sequence[str], favourites: Sequence[str],
+    categories: Sequence[str], noun: str,
+) -> dict[str, bool | None]:  # fmt: skip
+    """Check what a suggestion answer states about the item it names (`title`, its catalogue entry) and
+    about the user, in the phrasing of the "suggest" task (`text_tasks.suggest_target`):
+
+    - `year`: the first "(YYYY)" of the answer is the catalogue title's year;
+    - `genres`: every category named in "It is a/an ... <noun>" is one of the item's;
+    - `reason`: every category named in "... often <verb> ... <noun>s" is one of the user's favourites.
+
+    None where the answer does not state it (no year, no such clause, no category named in it)."""
+    facts: dict[str, bool | None] = {"year": None, "genres": None, "reason": None}
+    stated, actual = _YEAR_IN_TEXT.search(answer), _YEAR_IN_TEXT.search(title)
+    if stated and actual:
+        facts["year"] = stated.group(1) == actual.group(1)
+    clause = re.search(rf"\bit is an? (.+?) {re.escape(noun)}\b", answer, re.IGNORECASE)
+    named = _named(clause.group(1), categories) if clause else set()
+    if named:
+        facts["genres"] = named <= set(item_categories)
+    clause = re.search(rf"\boften \w+ (.+?) {re.escape(noun)}s\b", answer, re.IGNORECASE)
+    named = _named(clause.group(1), categories) if clause else set()
+    if named:
+        facts["reason"] = named <= set(favourites)
+    return facts
