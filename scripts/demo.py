@@ -1,7 +1,9 @@
 """Demo: replay a slice of the vendored ml-latest-small through POST /events and show how one user's
 recommendations, favourite genre, a generated review and a chat answer change as new events arrive.
 Exits 1 when a generated text loops, is garbled (symbols, blank-line runs, a column of one-word lines
-that start alike) or is empty (training/text_metrics.py).
+that start alike) or is empty (training/text_metrics.py). Checks what each chat answer states against the
+catalogue and the replayed history (the suggested title's year and genres, the "you often watch" reason;
+`suggestion_facts`) and prints the verdicts; wrong facts are reported, not an exit code.
 
 Usage (with the stack running, e.g. `make run`):
     .venv/bin/python scripts/demo.py [--url http://127.0.0.1:8000] [--user 414] [--first 15] [--then 25]
@@ -19,8 +21,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data import load_dataset  # noqa: E402
-from training.text_metrics import garbled, has_words, loops  # noqa: E402
+from training.data import Event, Item, load_dataset  # noqa: E402
+from training.text_metrics import (  # noqa: E402
+    garbled,
+    has_words,
+    loops,
+    mentioned_titles,
+    suggestion_facts,
+    title_index,
+)
+from training.text_tasks import top_categories  # noqa: E402
 
 CHAT_PROMPT = "Suggest a movie for tonight and say why."
 
@@ -56,6 +66,29 @@ def show(
     print(f"  review of {titles.get(review_item, review_item)!r}: {review['text'][:300]}")
     print(f"  chat {CHAT_PROMPT!r}: {chat['text'][:300]}")
     return [i["item_id"] for i in rec["items"]], {"review": review["text"], "chat": chat["text"]}
+
+
+def fact_check(answer: str, items: dict[str, Item], history: list[Event]) -> str:
+    """One line: the title a chat answer suggests and whether its year, its genres and the reason it
+    gives agree with the catalogue and with the user's three most frequent genres in `history`."""
+    named = mentioned_titles(answer, title_index({i: it.title for i, it in items.items() if it.title}))
+    if not named:
+        return "names no catalogue title"
+    item = items[named[0]]
+    favourites = top_categories(history)
+    categories = sorted({c for it in items.values() for c in it.categories})
+    facts = suggestion_facts(answer, item.title or "", item.categories, favourites, categories, "movie")
+    about = {
+        "year": f"the catalogue has {item.title}",
+        "genres": f"its genres: {', '.join(item.categories)}",
+        "reason": f"the user's top genres: {', '.join(favourites) or 'none'}",
+    }
+    verdicts = [
+        f"{kind} {'right' if ok else 'WRONG'}" + ("" if ok else f" ({about[kind]})")
+        for kind, ok in facts.items()
+        if ok is not None
+    ]
+    return f"suggests {item.title}: " + ("; ".join(verdicts) or "states no year, genre or reason")
 
 
 def replay(client: httpx.Client, user: str, events: list, expected_total: int) -> None:
@@ -115,6 +148,9 @@ def main() -> int:
     for kind in ("review", "chat"):
         same = len({a[kind] for a in answers.values()}) == 1
         print(f"{kind}: {'the same' if same else 'differs'} for cold start and the personalized user")
+    seen = {"cold start": [], f"after {args.first}": history[: args.first], f"after {len(history)}": history}
+    for when, texts in answers.items():
+        print(f"chat facts, {when}: {fact_check(texts['chat'], data.items, seen[when])}")
     bad = [f"{when} {kind}: {'loops' if loops(text) else 'empty' if not has_words(text) else garbled(text)}"
            for when, texts in answers.items() for kind, text in texts.items()
            if loops(text) or not has_words(text) or garbled(text)]  # fmt: skip
