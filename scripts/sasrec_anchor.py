@@ -36,7 +36,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from training.corpus import Corpus, git_sha, load_corpus  # noqa: E402
 from training.data import Event, Example  # noqa: E402
 from training.evaluate import evaluate_next_item, write_results  # noqa: E402
 from training.heap import keep_freed_memory  # noqa: E402
-from training.overrides import apply_overrides  # noqa: E402
+from training.overrides import apply_overrides, option_lines  # noqa: E402
 
 FIRST_ITEM_ID = 2  # our vocabulary: 0 pad, 1 unknown, >= 2 items; theirs: 0 pad, >= 1 items
 KS = (1, 5, 10)  # Recall@K of the test report, NDCG@10 (`evaluate`'s defaults)
@@ -335,8 +335,7 @@ def cli(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         summary = __doc__.split("\n\n")[0]  # the module docstring's first paragraph
         print(f"{summary}\n\npython scripts/sasrec_anchor.py [--key=value ...]\n")
-        for field in fields(AnchorConfig):
-            print(f"  --{field.name}={field.default!r}  ({field.type})")
+        print("\n".join(option_lines(AnchorConfig())))
         return 0
     try:
         cfg = apply_overrides(AnchorConfig(), argv)

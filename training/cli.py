@@ -22,7 +22,6 @@ data-parallel (training/distributed.py); rank 0 alone prints the summary.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from training.config import (
 )
 from training.distributed import env_rank
 from training.heap import keep_freed_memory
+from training.overrides import option_lines
 from training.recipes import recipes_for, resolve_config
 
 __all__ = ["main"]
@@ -133,8 +133,7 @@ COMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str]] = {
 
 def _help(name: str, config: Any) -> str:
     lines = [f"python -m training {name} [--key=value ...]: {COMMANDS[name][2]}", ""]
-    for field in dataclasses.fields(config):
-        lines.append(f"  --{field.name}={getattr(config, field.name)!r}  ({field.type})")
+    lines += option_lines(config)
     recipes = recipes_for(name)
     if recipes:
         lines += ["", "recipes (--recipe=NAME, applied before the other options; training/recipes.py):"]

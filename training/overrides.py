@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["ConfigError", "apply_overrides", "parse_overrides"]
+__all__ = ["ConfigError", "apply_overrides", "option_lines", "parse_overrides"]
 
 C = TypeVar("C")
 
@@ -96,3 +96,8 @@ def apply_overrides(config: C, argv: Sequence[str]) -> C:
         return dataclasses.replace(config, **parse_overrides(type(config), argv))  # type: ignore[type-var]
     except TypeError as exc:  # pragma: no cover - parse_overrides already checks the names
         raise ConfigError(str(exc)) from exc
+
+
+def option_lines(config: Any) -> list[str]:
+    """`--help` lines of a config dataclass instance: `  --name=value  (type)` per field."""
+    return [f"  --{f.name}={getattr(config, f.name)!r}  ({f.type})" for f in dataclasses.fields(config)]
