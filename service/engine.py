@@ -31,7 +31,7 @@ from models.lower_layers import lower_states, split_layer
 from models.personalized import PersonalizedLM, UserLLMConfig
 from models.pplug import DEFAULT_QUERY, SentenceEncoder
 from models.prompt_embeds import PREFIX_MODES, context_prompt_embeds
-from models.prompts import instruction, prompt_ids
+from models.prompts import SUGGEST_QUESTION, instruction, prompt_ids
 from models.userllm import UserContext
 from service.codec import FeatureCodec
 from service.detokenizer import Detokenizer
@@ -194,6 +194,19 @@ class TorchEngine:
 
     def chat_prompt(self, text: str) -> list[int]:
         return prompt_ids(self.tokenizer, instruction("chat", prompt=text))
+
+    def suggest_prompt(self, question: str, item_id: str | None) -> list[int]:
+        """The "suggest" prompt: the question (default models/prompts.py SUGGEST_QUESTION), then the
+        catalogue entry of `item_id`, as training wrote it; None: the question alone (a length check
+        before the item is known)."""
+        if item_id is None:
+            return self.chat_prompt(question or SUGGEST_QUESTION.format(noun=self.noun))
+        entry = self.codec.catalogue.get(item_id) or {}
+        text = instruction(
+            "suggest", noun=self.noun, category=self.category_noun, prompt=question,
+            title=self.codec.title(item_id), categories=[str(c) for c in entry.get("categories") or []],
+        )  # fmt: skip
+        return prompt_ids(self.tokenizer, text)
 
     # --- batch functions (engine thread) ---
 

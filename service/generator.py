@@ -164,6 +164,25 @@ async def resolve_user(state: State, user_id: str) -> tuple[UserInput, float | N
     return UserInput(encoded.user_tokens), time.time()
 
 
+async def seen_ids(state: State, user_id: str) -> set[int]:
+    """Item vocabulary ids of the user's history (items outside the model's catalogue left out)."""
+    items = state["engine"].codec.items
+    history = await read_seen_items(state["redis"], state["keys"], user_id)
+    return {items.encode(i) for i in history if i in items}
+
+
+async def suggestion(state: State, user: UserInput, user_id: str) -> RecommendedItem | None:
+    """The item a "suggest" request is given: the next-item head's first, the history excluded (None when
+    the user has seen every item)."""
+    engine = state["engine"]
+    scored = await state["runner"].score(ScoreJob(user, k=1, exclude=await seen_ids(state, user_id)))
+    if not scored.items:
+        return None
+    index, score = scored.items[0]
+    item_id = engine.codec.items.decode(index)
+    return RecommendedItem(item_id=item_id, title=engine.codec.title(item_id), score=score, rank=1)
+
+
 def _routes(app: FastAPI) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -196,8 +215,7 @@ def _routes(app: FastAPI) -> None:
         user, updated_at = await resolve_user(state, body.user_id)
         seen: set[int] = set()  # excluded, or scored with the encoder's learned seen-item score
         if body.exclude_seen or engine.seen_bias is not None:
-            history = await read_seen_items(state["redis"], state["keys"], body.user_id)
-            seen = {engine.codec.items.encode(i) for i in history if i in engine.codec.items}
+            seen = await seen_ids(state, body.user_id)
         if body.exclude_seen:
             job = ScoreJob(user, k=body.k, exclude=seen)
         else:
@@ -251,6 +269,11 @@ def _routes(app: FastAPI) -> None:
                 prompt_tokens=len(engine.genre_prompt),
                 completion_tokens=0,
             )
+        suggested = None
+        if body.task == "suggest":  # grounded in the recommender's first item
+            suggested = await suggestion(state, user, body.user_id)
+            info["item"] = suggested
+            inputs = decode_inputs(engine, state["settings"], body, suggested.item_id if suggested else None)
         query = REVIEW_QUERY if body.task == "review" else body.prompt or DEFAULT_QUERY  # PPlug's input x
         job = GenerateJob(user, *inputs, query=query)
         if body.stream:

@@ -156,14 +156,19 @@ class GenerateRequest(Strict):
     )
 
     user_id: Id
-    task: Literal["genre", "review", "chat"]
+    task: Literal["genre", "review", "chat", "suggest"] = Field(
+        description="'genre': the favourite genres (category head); 'review': a review of `item_id`; "
+        "'chat': an answer to `prompt`; 'suggest': the item the next-item head ranks first for the user "
+        "(history excluded), and the LLM's answer to `prompt` (default: \"Suggest a movie for me tonight "
+        "and say why.\") given that item's catalogue entry"
+    )
     prompt: str | None = Field(
         None,
         max_length=4000,
         validate_default=True,
-        description="task 'chat': the message, at most 4,000 characters and, once in the chat template, "
-        "USERLLM_MAX_PROMPT_TOKENS tokens (default 1,024), with prompt + max_new_tokens within the model's "
-        "context; 422 naming `prompt` otherwise",
+        description="task 'chat' (required) and 'suggest' (optional): the message, at most 4,000 characters "
+        "and, once in the chat template, USERLLM_MAX_PROMPT_TOKENS tokens (default 1,024), with prompt + "
+        "max_new_tokens within the model's context; 422 naming `prompt` otherwise",
     )
     item_id: IdOrInt | None = Field(None, validate_default=True)
     rating: float | None = Field(None, ge=0, le=10, description="task 'review': the rating to write for")
@@ -254,6 +259,9 @@ class GenerateResponse(EmbeddingInfo):
     completion_tokens: int
     genres: list[GenreProbability] | None = Field(
         None, description="task 'genre': the top genres, most probable first"
+    )
+    item: RecommendedItem | None = Field(
+        None, description="task 'suggest': the item the answer is given, ranked first of the unseen items"
     )
 
 

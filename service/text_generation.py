@@ -1,5 +1,5 @@
-"""Review and chat requests of the generation server: the prompt's token limits, and streaming a decode
-as server-sent events, cancelled when the client goes away.
+"""Review, chat and suggest requests of the generation server: the prompt's token limits, and streaming a
+decode as server-sent events, cancelled when the client goes away.
 
 Prompts are limited in tokens, not only characters: a 4,000-character chat prompt can be 12,000 tokens
 (emoji), longer than the backbone's context, and one long prefill holds up every other request of the
@@ -29,12 +29,15 @@ log = logging.getLogger("userllm.generator")
 
 
 def decode_inputs(
-    engine: TorchEngine, settings: Settings, body: GenerateRequest
+    engine: TorchEngine, settings: Settings, body: GenerateRequest, suggested: str | None = None
 ) -> tuple[list[int], SamplingParams]:
-    """Prompt token ids and sampling settings of a review / chat request; 422 `PromptTooLong` when the
-    prompt is over `max_prompt_tokens` or prompt + max_new_tokens exceed the model's context."""
+    """Prompt token ids and sampling settings of a review / chat / suggest request (`suggested`: the item
+    a suggest request is given; None: its question alone); 422 `PromptTooLong` when the prompt is over
+    `max_prompt_tokens` or prompt + max_new_tokens exceed the model's context."""
     if body.task == "review":
         prompt, field = engine.review_prompt(body.item_id or "", body.rating), "item_id"
+    elif body.task == "suggest":
+        prompt, field = engine.suggest_prompt(body.prompt or "", suggested), "prompt"
     else:
         prompt, field = engine.chat_prompt(body.prompt or ""), "prompt"
     max_new_tokens = min(body.max_new_tokens, settings.max_new_tokens_limit)

@@ -322,6 +322,32 @@ async def test_generate_tasks(api) -> None:
     assert same.json()["text"] == chat.json()["text"]
 
 
+async def test_generate_suggest_is_given_the_first_unseen_recommendation(api) -> None:
+    """task "suggest": the answer is written for the item /recommend ranks first (history excluded), whose
+    catalogue entry lengthens the prompt; a user who has seen every item gets the question alone."""
+    client, _, apply_events, _ = api
+    await client.post("/events", json=events("u7", [3, 6, 9]))
+    await apply_events()
+    top = (await client.post("/recommend", json={"user_id": "u7", "k": 1, "exclude_seen": True})).json()
+    body = {"user_id": "u7", "task": "suggest", "max_new_tokens": 4, "temperature": 0}
+    suggest = await client.post("/generate", json=body)
+    assert suggest.status_code == 200, suggest.text
+    item = suggest.json()["item"]
+    assert item["item_id"] == top["items"][0]["item_id"] and item["item_id"] not in {"3", "6", "9"}
+    assert item["title"] == f"Movie {item['item_id']}" and item["rank"] == 1
+    question = "Suggest a movie for me tonight and say why."
+    chat = (await client.post("/generate", json={**body, "task": "chat", "prompt": question})).json()
+    assert chat["item"] is None and suggest.json()["prompt_tokens"] > chat["prompt_tokens"] + 5
+    async with client.stream("POST", "/generate", json={**body, "stream": True}) as resp:
+        raw = (await resp.aread()).decode()
+    done = json.loads(raw.strip().split("\n\n")[-1].split("data: ", 1)[1])
+    assert done["item"] == item
+    await client.post("/events", json=events("u8", list(range(1, 41))))
+    await apply_events()
+    everything = (await client.post("/generate", json={**body, "user_id": "u8"})).json()
+    assert everything["item"] is None and everything["prompt_tokens"] == chat["prompt_tokens"]
+
+
 async def test_generate_errors(api) -> None:
     client, *_ = api
     body = assert_envelope(

@@ -1,6 +1,7 @@
-"""scripts/demo.py's fact check of chat answers, on the vendored ml-latest-small catalogue: the answer the
-demo printed for user 414 ("The Lion King (1986) ... Comedy and Romance ...") is reported wrong where it
-is wrong, with what the catalogue says."""
+"""scripts/demo.py's fact check of suggestions, on the vendored ml-latest-small catalogue: an answer
+the demo printed for user 414 ("The Lion King (1986) ... Comedy and Romance ...") is reported wrong where
+it is wrong, with what the catalogue says, and an answer that names another title than the one it was
+given is reported too."""
 
 from __future__ import annotations
 
@@ -36,13 +37,21 @@ def test_the_demo_reports_a_wrong_year_and_wrong_genres_with_the_catalogue_entry
         "The Lion King (1986). It is an Animation, Children, Comedy and Romance movie, and you often "
         "watch Drama movies."
     )
-    line = demo.fact_check(said, items, drama)
-    assert line.startswith("suggests Lion King, The (1994): year WRONG (the catalogue has Lion King, The")
+    lion = next(i for i, it in items.items() if it.title == "Lion King, The (1994)")
+    line = demo.fact_check(said, lion, items, drama)
+    assert line.startswith(
+        "given Lion King, The (1994): title right; year WRONG (the catalogue has Lion King, The"
+    )
     assert "genres WRONG (its genres: " in line and "reason right" in line
     right = "The Lion King (1994). It is an Animation and Musical movie, and you often watch Drama movies."
-    assert demo.fact_check(right, items, drama) == (
-        "suggests Lion King, The (1994): year right; genres right; reason right"
+    assert demo.fact_check(right, lion, items, drama) == (
+        "given Lion King, The (1994): title right; year right; genres right; reason right"
     )
-    assert demo.fact_check("Echoes of Eternity (2019) is a sci-fi epic.", items, drama) == (
-        "names no catalogue title"
+    assert demo.fact_check("Echoes of Eternity (2019) is a sci-fi epic.", lion, items, drama).startswith(
+        "given Lion King, The (1994): title WRONG (names no catalogue title); year WRONG"
+    )
+    assert demo.fact_check("A quiet evening.", None, items, drama) == "given no item (every item seen)"
+    heat = next(i for i, it in items.items() if it.title == "Heat (1995)")
+    assert demo.fact_check(right, heat, items, drama).startswith(
+        "given Heat (1995): title WRONG (names Lion King, The (1994)); year WRONG"
     )

@@ -18,6 +18,7 @@ from training_fixtures import pretrain_tiny_encoder, tiny_backbone_or_skip
 
 from models.checkpoint import load_checkpoint
 from models.generation import SamplingParams
+from models.prompts import display_title
 from training.cli import main as cli
 from training.config import FinetuneConfig
 from training.corpus import load_corpus, vocabs_from_dict
@@ -75,13 +76,40 @@ def test_language_losses_with_reused_lower_layers_equal_the_full_forward(
 ) -> None:
     cfg = _config(tiny_backbone, encoder_dir, tmp_path)
     fast, full = _text_tasks(cfg, reuse_lower=True), _text_tasks(cfg, reuse_lower=False)
-    examples = training_examples(fast.runner.corpus, 50)[:: 97][:4]
+    examples = training_examples(fast.runner.corpus, 50)[::97][:4]
     with torch.no_grad():
         for task in ("taste", "suggest", "generic"):
             pool = fast.pool(examples, task)
             a, b = fast.loss(pool, task, step=1), full.loss(pool, task, step=1)
             assert float(a) > 0 or task == "generic"
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_suggest_is_given_the_item_and_scored_on_the_answer_alone(
+    tiny_backbone: Path, encoder_dir: Path, tmp_path: Path
+) -> None:
+    """The suggest instruction carries the target item's catalogue entry; the batch loss (prompts that
+    differ after a shared prefix) is the token-weighted mean of each example's loss alone, so the
+    per-example part of the prompt is read, not scored."""
+    tasks = _text_tasks(_config(tiny_backbone, encoder_dir, tmp_path), reuse_lower=True)
+    catalogue = tasks.runner.corpus.catalogue
+    examples = tasks.pool(training_examples(tasks.runner.corpus, 50)[::37], "suggest")[:4]
+    assert len({ex.target.item for ex in examples}) == 4
+    pairs = [tasks.pair(ex, "suggest", 0) for ex in examples]
+    for ex, (question, target) in zip(examples, pairs, strict=True):
+        entry = catalogue[ex.target.item]
+        assert question.startswith("Suggest a movie for me tonight and say why.\nRecommended movie: ")
+        assert display_title(entry["title"]) in question and display_title(entry["title"]) in target
+        assert all(c in question for c in entry["categories"])
+    tok = tasks.runner.tokenizer
+    counts = [
+        len(tok(t, add_special_tokens=False)["input_ids"][: tasks.max_target_tokens]) + 1 for _, t in pairs
+    ]
+    with torch.no_grad():
+        batch = tasks.loss(examples, "suggest", step=0)
+        alone = [tasks.loss([ex], "suggest", step=0) for ex in examples]
+    weighted = sum(float(a) * n for a, n in zip(alone, counts, strict=True)) / sum(counts)
+    assert abs(float(batch) - weighted) < 1e-4 * weighted, (float(batch), weighted)
 
 
 def test_generic_kl_keeps_generic_text_close_to_the_backbone(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from training.results import ResultsConfig, main, plot_results, series_colors
+from training.results_text import text_tables
 
 
 def _row(model: str, group: str = "", **extra) -> dict:
@@ -117,3 +118,34 @@ def test_json_text_keeps_lists_of_scalars_on_one_line_and_round_trips() -> None:
     assert '"text": ["a, b"]' in text  # a comma inside a string is not a separator
     assert '"user": [\n' in text  # a list with an escaped string keeps json.dumps's layout
     assert '"sample": "scores [1,2] and [ 3 ]"' in text  # text inside a string is never rewritten
+
+
+def _text(kinds: tuple[str, ...], personalization: dict) -> dict:
+    rep = {"distinct_2": 0.9, "looping": 0.0}
+    side = {
+        "repetition": {k: rep for k in kinds},
+        "personalization": personalization,
+        "samples": {k: [f"{k} answer"] for k in kinds},
+    }
+    return {"users": 1, "fluency": {"ppl_ratio": 1.01}, "user": side, "cold_start": side,
+            "requests": {k: [f"{k} request"] for k in kinds}}  # fmt: skip
+
+
+def test_text_tables_show_suggest_columns_and_a_dash_for_rows_measured_without_them() -> None:
+    """A row with the grounded "suggest" request gets its figures; a row measured before it gets "-"."""
+    old = _text(("chat", "review", "taste"), {"chat_names_title": 0.5})
+    new = _text(("chat", "suggest", "review", "taste"), {"chat_names_title": 0.5, "suggest_names_item": 0.75,
+                                                         "suggest_year_right": 1.0})  # fmt: skip
+    lines = text_tables([_row("old", text=old), _row("new", text=new)])
+    fluency = [line for line in lines if line.startswith("| model | side | ppl ratio")][0]
+    assert "distinct-2 suggest" in fluency and "looping suggest" in fluency
+    head = next(line for line in lines if "suggest names its item" in line).split(" | ")
+    rows = {
+        line.split(" | ")[0]: line.split(" | ")
+        for line in lines
+        if line.startswith(("| old | user", "| new | user"))
+    }
+    col = head.index("suggest names its item")
+    assert rows["| old"][col] == "-" and rows["| new"][col] == "0.750"
+    assert rows["| new"][head.index("suggest year right")] == "1.000"
+    assert "| suggest request | suggest answer | suggest answer |" in lines

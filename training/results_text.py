@@ -4,11 +4,13 @@ the rows that generated reviews (ROUGE, repetition, generic-text perplexity rati
 with the reference).
 
 Fluency: generic-text perplexity with the user's tokens / the bare backbone's; distinct-2 and the share
-of looping samples of the chat, review and taste answers. Personalization: taste answers that name the
-favourite category first, chat suggestions that name a catalogue title, the held-out next item, a
-title of the favourite category; of the suggestions that state them, the share with the title's year,
-the item's genres and the user's favourite genres right ("-": none states them, or a row measured
-before these checks). Both with the user and at cold start (the same checkpoint, no user).
+of looping samples of the chat, suggest, review and taste answers. Personalization: taste answers that
+name the favourite category first, chat suggestions that name a catalogue title, the held-out next item,
+a title of the favourite category; of the suggestions that state them, the share with the title's year,
+the item's genres and the user's favourite genres right; the same for the grounded "suggest" answers
+(given the item the next-item head ranks first), and the share that name that item ("-": none states
+them, or a row measured before these checks). Both with the user and at cold start (the same
+checkpoint, no user).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 __all__ = ["review_tables", "text_tables"]
 
-KINDS = ("chat", "review", "taste")
+KINDS = ("chat", "suggest", "review", "taste")
 PERSONALIZATION = {
     "taste_names_favourite": "taste names fav. genre",
     "chat_names_title": "chat names a title",
@@ -28,6 +30,10 @@ PERSONALIZATION = {
     "chat_year_right": "year right",
     "chat_genres_right": "genres right",
     "chat_reason_right": "reason right",
+    "suggest_names_item": "suggest names its item",
+    "suggest_year_right": "suggest year right",
+    "suggest_genres_right": "suggest genres right",
+    "suggest_reason_right": "suggest reason right",
 }
 
 
@@ -56,7 +62,8 @@ def text_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
             rep = text[side]["repetition"]
             ratio = _f(text["fluency"]["ppl_ratio"]) if side == "user" else "1 (bare)"
             cells = [row["model"], side.replace("_", " "), ratio]
-            cells += [_f(rep[k]["distinct_2"]) for k in KINDS] + [f"{rep[k]['looping']:.0%}" for k in KINDS]
+            cells += [_f(rep[k]["distinct_2"]) if k in rep else "-" for k in KINDS]
+            cells += [f"{rep[k]['looping']:.0%}" if k in rep else "-" for k in KINDS]
             lines.append("| " + " | ".join(cells) + " |")
     users = rows[0]["text"]["users"]
     lines += [
@@ -81,7 +88,8 @@ def text_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
         "",
         "Year, genres and reason right: of the suggestions stating them, the share stated right against the "
         "catalogue and the user's three most frequent genres; \"-\": no suggestion states them, or the row "
-        "was measured before the check.",
+        "was measured before the check. \"suggest\": the service's grounded request, given the item the "
+        "next-item head ranks first (history excluded); its facts are checked against that item.",
         "",
         "### Generated text: samples",
         "",
@@ -90,7 +98,7 @@ def text_tables(rows: Sequence[dict[str, Any]], samples: int = 5) -> list[str]:
         text = row["text"]
         lines += [f"**{row['model']}**", "", "| request | with the user | cold start |", "|---|---|---|"]
         for kind in KINDS:
-            for i, request in enumerate(text["requests"][kind][:samples]):
+            for i, request in enumerate(text["requests"].get(kind, [])[:samples]):
                 user, cold = text["user"]["samples"][kind][i], text["cold_start"]["samples"][kind][i]
                 lines.append(f"| {_quote(request, 80)} | {_quote(user)} | {_quote(cold)} |")
         lines.append("")

@@ -12,11 +12,15 @@ the user.
 - facts: of the suggestions that state them, the share whose title year, "It is a ... movie" genres
   and "you often watch ... movies" reason agree with the catalogue and the user's three most frequent
   categories (training/text_metrics.py `suggestion_facts`; None where no answer states them);
+- grounded suggestions: the "suggest" request of the service (models/prompts.py), its question followed
+  by the catalogue entry of the item the checkpoint's next-item head ranks first for the user (history
+  excluded): the share of answers that name that item, and the same three facts checked against it;
 - samples: the first five answers of each request, side by side with the cold-start answer.
 
 "cold start" runs the same checkpoint with no user tokens (the bare backbone: the cross-attention blocks
 are the identity without a user). Greedy decoding, as the demo, with the service's default repetition
-penalty (models/generation.py SERVED_REPETITION_PENALTY).
+penalty (models/generation.py SERVED_REPETITION_PENALTY). Both sides get the same requests: a cold-start
+"suggest" request carries the personalized item, so its reason shows what the user tokens add.
 """
 
 from __future__ import annotations
@@ -45,7 +49,10 @@ from training.text_metrics import (
 )
 from training.text_tasks import TextTasks, top_categories
 
-__all__ = ["CHAT_PROMPT", "TEXT_TARGETS", "degenerate", "missed_targets", "perplexity_ratio", "text_report"]
+__all__ = [
+    "CHAT_PROMPT", "TEXT_TARGETS", "degenerate", "missed_targets", "perplexity_ratio", "recommended",
+    "text_report",
+]  # fmt: skip
 
 CHAT_PROMPT = "Suggest a {noun} for tonight and say why."  # the chat request of the samples
 TASTE_PROMPT = "Describe my taste in {noun}s."
@@ -109,22 +116,48 @@ def _answers(text: TextTasks, examples: Sequence[Example], prompts: Sequence[str
     return out
 
 
-def _requests(text: TextTasks, examples: Sequence[Example]) -> dict[str, list[str]]:
-    """The instructions of the three sampled requests, per example."""
+@torch.no_grad()
+def recommended(text: TextTasks, examples: Sequence[Example]) -> list[str]:
+    """Each example's item ranked first by the checkpoint's next-item head, its history excluded: the
+    item the service grounds a "suggest" request in."""
+    runner = text.runner
+    vocab = runner.corpus.vocabs["item"]
+    out = []
+    for start in range(0, len(examples), 16):
+        chunk = examples[start : start + 16]
+        logits = runner.scores(chunk, "next_item")  # (B, I)
+        for row, ex in zip(logits, chunk, strict=True):
+            row[[vocab.encode(e.item) for e in ex.history]] = -torch.inf
+            out.append(vocab.decode(int(row.argmax())))
+    return out
+
+
+def _requests(text: TextTasks, examples: Sequence[Example], suggested: Sequence[str]) -> dict[str, list[str]]:
+    """The instructions of the four sampled requests, per example (`suggested`: the "suggest" items)."""
     runner = text.runner
     noun = runner.noun
+    catalogue = runner.corpus.catalogue
     reviews = []
     for ex in examples:
-        title = (runner.corpus.catalogue.get(ex.target.item) or {}).get("title") or ex.target.item
+        title = (catalogue.get(ex.target.item) or {}).get("title") or ex.target.item
         reviews.append(instruction("review", title=title, rating=format_rating(ex.target.rating) or ""))
+    entries = [catalogue.get(i) or {} for i in suggested]
+    suggest = [
+        instruction("suggest", noun=noun, category=runner.category_noun, title=e.get("title") or i,
+                    categories=e.get("categories") or [])
+        for i, e in zip(suggested, entries, strict=True)
+    ]  # fmt: skip
     return {
         "chat": [CHAT_PROMPT.format(noun=noun)] * len(examples),
+        "suggest": suggest,
         "review": reviews,
         "taste": [TASTE_PROMPT.format(noun=noun)] * len(examples),
     }
 
 
-def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict[str, list[str]]) -> dict:
+def _personalization(
+    text: TextTasks, examples: Sequence[Example], answers: dict[str, list[str]], suggested: Sequence[str]
+) -> dict:
     catalogue = text.runner.corpus.catalogue
     index = title_index({i: e["title"] for i, e in catalogue.items() if e.get("title")})
     favourites = [favourite_category(ex.history) for ex in examples]
@@ -149,9 +182,18 @@ def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict
         for answer, n, ex in zip(answers["chat"], first_named, examples, strict=True)
     ]  # fmt: skip
 
-    def right(kind: str) -> float | None:
+    grounded = [
+        suggestion_facts(
+            answer, (catalogue.get(i) or {}).get("title", ""), (catalogue.get(i) or {}).get("categories", []),
+            top_categories(ex.history), categories, text.runner.noun,
+        )
+        for answer, i, ex in zip(answers["suggest"], suggested, examples, strict=True)
+    ]  # fmt: skip
+    named_first = [n[0] if (n := mentioned_titles(a, index)) else None for a in answers["suggest"]]
+
+    def right(kind: str, checked: Sequence[dict[str, bool | None]] = facts) -> float | None:
         """Share of the answers stating `kind` that state it right (None: no answer states it)."""
-        judged = [f[kind] for f in facts if f[kind] is not None]
+        judged = [f[kind] for f in checked if f[kind] is not None]
         return share(judged) if judged else None
 
     return {
@@ -167,19 +209,24 @@ def _personalization(text: TextTasks, examples: Sequence[Example], answers: dict
         "chat_year_right": right("year"),
         "chat_genres_right": right("genres"),
         "chat_reason_right": right("reason"),
+        "suggest_names_item": share(n == i for n, i in zip(named_first, suggested, strict=True)),
+        "suggest_year_right": right("year", grounded),
+        "suggest_genres_right": right("genres", grounded),
+        "suggest_reason_right": right("reason", grounded),
     }  # fmt: skip
 
 
 def text_report(text: TextTasks, held_out: Sequence[GenericText], examples: Sequence[Example], *,
                 max_new_tokens: int = 48, samples: int = 5) -> dict[str, Any]:  # fmt: skip
     """Fluency, repetition and personalization of the checkpoint's text, with the user and cold start."""
-    requests = _requests(text, examples)
+    suggested = recommended(text, examples)
+    requests = _requests(text, examples, suggested)
     report: dict[str, Any] = {"users": len(examples), "fluency": perplexity_ratio(text, held_out, examples)}
     for side, user in (("user", True), ("cold_start", False)):
         answers = {k: _answers(text, examples, v, user, max_new_tokens) for k, v in requests.items()}
         report[side] = {
             "repetition": {k: repetition_summary(v) for k, v in answers.items()},
-            "personalization": _personalization(text, examples, answers),
+            "personalization": _personalization(text, examples, answers, suggested),
             "samples": {k: v[:samples] for k, v in answers.items()},
             "looping_samples": {k: [a for a in v if loops(a)][:3] for k, v in answers.items()},
             "words": sum(len(words(a)) for v in answers.values() for a in v),

@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import mean
 
+from models.prompts import display_title  # re-exported: the metrics match titles in the form prompts show
+
 __all__ = [
     "LOOP_DISTINCT2",
     "LOOP_REPEAT_SHARE",
@@ -123,16 +125,7 @@ def _normalise(title: str) -> str:
     return " ".join(w for w in words(title) if has_words(w))
 
 
-_TRAILING_ARTICLE = re.compile(r"^(.*), (the|a|an|les|la|le|il|das|der|die|el)( \(\d{4}\))?$", re.IGNORECASE)
 _YEAR = re.compile(r"\s*\(\d{4}\)$")
-
-
-def display_title(title: str) -> str:
-    """MovieLens' "Matrix, The (1999)" as people write it: "The Matrix (1999)"; other titles unchanged."""
-    match = _TRAILING_ARTICLE.match(title.strip())
-    if not match:
-        return title.strip()
-    return f"{match.group(2)} {match.group(1)}{match.group(3) or ''}"
 
 
 def title_index(titles: Mapping[str, str]) -> dict[str, str]:

@@ -9,15 +9,18 @@ Ouyang et al. 2022, here on generic instruction text):
 
 - "taste": "Describe my taste in movies." -> "You mostly watch Drama, Comedy and Romance movies." (the
   history's three most frequent categories, most frequent first);
-- "suggest": "Suggest a movie for me tonight and say why." -> "Heat (1995). It is an Action, Crime and
-  Thriller movie, and you often watch Action and Thriller movies." (the user's real next item, the reason
-  from its categories shared with the user's favourites);
+- "suggest": "Suggest a movie for me tonight and say why.\nRecommended movie: Heat (1995). Genres: Action,
+  Crime, Thriller." -> "Heat (1995). It is an Action, Crime and Thriller movie, and you often watch Action
+  and Thriller movies." (the user's real next item, given in the instruction as the service gives the
+  item its next-item head ranks first, models/prompts.py; the reason from its categories shared with the
+  user's three most frequent categories, which only the user tokens tell);
 - "generic": KL(bare backbone || model with a user's tokens) over the response tokens of the generic
   instruction text (training/generic_text.py), against the bare backbone's top-K next-token
   distribution (K + 1 buckets: the top K tokens and the rest), computed once before training.
 
 Instructions rotate over several phrasings (first and third person, one per batch) so chat requests that
-ask the same thing are answered the same way. LM losses count the target tokens only; in a data-parallel
+ask the same thing are answered the same way. LM losses count the target tokens only (not the
+per-example part of a grounded instruction); in a data-parallel
 step the means are over the global batch's tokens (training/distributed.py `shard_mean`).
 
 Shapes: B examples, S tokens, K top tokens, Dl LLM width, V vocabulary.
@@ -36,13 +39,12 @@ from torch import Tensor
 
 from models.generation import left_pad
 from models.lower_layers import forward_from_lower, lower_states, lower_states_after, prefix_kv
-from models.prompts import prompt_ids
+from models.prompts import display_title, instruction, prompt_ids
 from models.userllm import UserContext
 from training.data import Event, Example
 from training.distributed import shard_mean
 from training.generic_text import GenericText
 from training.tasks import TaskRunner
-from training.text_metrics import display_title
 
 __all__ = [
     "SUGGEST_PROMPTS",
@@ -150,15 +152,18 @@ class TextTasks:
         """(instruction, target text) of one example; `index` picks the phrasing."""
         noun = self.runner.noun
         template, you = (TASTE_PROMPTS if task == "taste" else SUGGEST_PROMPTS)[index % 3]
+        question = template.format(noun=noun)
         if task == "taste":
             target = taste_target(ex.history, noun, you=you)
         else:
             entry = self.runner.corpus.catalogue.get(ex.target.item) or {}
-            target = suggest_target(ex.history, display_title(entry.get("title") or ex.target.item),
-                                    entry.get("categories") or [], noun, you=you)  # fmt: skip
+            title, categories = entry.get("title") or ex.target.item, entry.get("categories") or []
+            target = suggest_target(ex.history, display_title(title), categories, noun, you=you)
+            question = instruction("suggest", noun=noun, category=self.runner.category_noun, prompt=question,
+                                   title=title, categories=categories)  # fmt: skip
         if target is None:
             raise ValueError(f"task {task}: example of user {ex.user} has no target")
-        return template.format(noun=noun), target
+        return question, target
 
     def loss(
         self, examples: Sequence[Example], task: str, step: int = 0, *, first: int = 0, batch: int = 0
@@ -169,29 +174,40 @@ class TextTasks:
         if task == "generic":
             return self.generic_kl(examples, step, first=first, batch=batch)
         pairs = [self.pair(ex, task, step) for ex in examples]
-        instruction = pairs[0][0]
-        return self.lm_loss(examples, instruction, [target for _, target in pairs])
+        return self.lm_loss(examples, [i for i, _ in pairs], [target for _, target in pairs])
 
-    def lm_loss(self, examples: Sequence[Example], instruction: str, targets: Sequence[str]) -> Tensor:
-        """Mean cross-entropy of the target tokens (+ EOS) after one instruction, read with each user.
+    def lm_loss(
+        self, examples: Sequence[Example], instructions: Sequence[str], targets: Sequence[str]
+    ) -> Tensor:
+        """Mean cross-entropy of the target tokens (+ EOS) after each example's instruction, read with
+        each user.
 
-        The batch is [prompt | target, right-padded]; with frozen lower layers the prompt's lower states
-        and keys/values are computed once per instruction (models/lower_layers.py `prefix_kv`) and only
-        the targets run through the lower layers.
+        The batch is [shared prompt | rest of the prompt, target, right-padded]: the shared prompt is the
+        prompts' common prefix (the whole prompt when the instructions are the same); with frozen lower
+        layers its lower states and keys/values are computed once (models/lower_layers.py `prefix_kv`) and
+        only the rest runs through the lower layers. The loss counts the target tokens only.
         """
         tok = self.runner.tokenizer
         device = self.runner.device
-        prompt = prompt_ids(tok, instruction)
-        rows = [[*tok(t, add_special_tokens=False)["input_ids"][: self.max_target_tokens], tok.eos_token_id]
-                for t in targets]  # fmt: skip
+        prompts = [prompt_ids(tok, i) for i in instructions]
+        p = _common_prefix(prompts)
+        if p == 0:
+            raise ValueError("the instructions of a batch share no first token (the chat template's)")
+        prompt = prompts[0][:p]
+        rows, starts = [], []  # per example: rest of its prompt, target, EOS; where the target starts
+        for rest, t in zip((q[p:] for q in prompts), targets, strict=True):
+            target = tok(t, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
+            rows.append([*rest, *target, tok.eos_token_id])
+            starts.append(len(rest))
         width = max(len(r) for r in rows)
         target_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        target_mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, r in enumerate(rows):
+        target_mask = torch.zeros(len(rows), width, dtype=torch.bool)  # attended: rest and target
+        loss_mask = torch.zeros(len(rows), width, dtype=torch.bool)  # scored: target and EOS
+        for i, (r, start) in enumerate(zip(rows, starts, strict=True)):
             target_ids[i, : len(r)] = torch.tensor(r)
             target_mask[i, : len(r)] = True
-        target_ids, target_mask = target_ids.to(device), target_mask.to(device)
-        p = len(prompt)
+            loss_mask[i, start : len(r)] = True
+        target_ids, target_mask, loss_mask = (t.to(device) for t in (target_ids, target_mask, loss_mask))
         mask = torch.cat([target_mask.new_ones(len(rows), p), target_mask], dim=1)  # (B, P + T)
         context = self.runner.context(examples)
         llm = self.runner.model.llm
@@ -205,13 +221,15 @@ class TextTasks:
         else:
             ids = torch.cat([torch.tensor([prompt], device=device).expand(len(rows), -1), target_ids], dim=1)
             hidden = llm(ids, mask, user_context=context, logits_to_keep=1).hidden_states  # (B, P + T, Dl)
-        predicting = hidden[:, p - 1 : p - 1 + width][target_mask]  # (N, Dl): position t predicts t + 1
+        predicting = hidden[:, p - 1 : p - 1 + width][loss_mask]  # (N, Dl): position t predicts t + 1
         logits = llm.backbone.get_output_embeddings()(predicting).float()  # (N, V)
-        return shard_mean(F.cross_entropy(logits, target_ids[target_mask]), len(logits))
+        return shard_mean(F.cross_entropy(logits, target_ids[loss_mask]), len(logits))
 
     def _prefix(self, prompt: list[int]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         key = tuple(prompt)
         if key not in self._prefixes:
+            if len(self._prefixes) >= 64:  # grounded prompts: a batch may share more than the question
+                self._prefixes.clear()
             self._prefixes[key] = prefix_kv(
                 self.runner.model.llm, torch.tensor([prompt], device=self.runner.device)
             )
@@ -272,6 +290,14 @@ class TextTasks:
         ids = torch.cat([self._teacher[i][0] for i in indices])  # (N, K)
         logp = torch.cat([self._teacher[i][1] for i in indices])  # (N, K)
         return shard_mean(bucket_kl(logp, logq.gather(1, ids)), len(ids))
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of the sequences."""
+    for i in range(min(len(s) for s in seqs)):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return min(len(s) for s in seqs)
 
 
 def bucket_kl(logp: Tensor, logq: Tensor) -> Tensor:
