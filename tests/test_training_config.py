@@ -130,7 +130,7 @@ def test_named_recipes_apply_before_the_other_options_and_are_all_valid() -> Non
         assert all(getattr(cfg, key) == value for key, value in recipe.values.items())
     cfg = resolve_config("finetune", FinetuneConfig(), ["--recipe=demo", "--steps=7", "--out_dir=x"])
     assert (cfg.steps, cfg.out_dir, cfg.tasks) == (7, "x", RECIPES[("finetune", "demo")].values["tasks"])
-    assert cfg.task_list.count("generic") == 2  # the KL term twice per cycle
+    assert cfg.task_list.count("suggest") == 2  # the grounded suggestion twice per cycle
     with pytest.raises(ConfigError, match="unknown recipe 'nope' for finetune"):
         resolve_config("finetune", FinetuneConfig(), ["--recipe=nope"])
     with pytest.raises(ConfigError, match="unknown recipe 'demo-next-item' for pretrain-encoder"):
@@ -179,6 +179,21 @@ def test_the_ndcg_selected_userllm_recipe_is_the_measured_run() -> None:
     assert resolved("--recipe=ml-100k-next-item-skip-proj-ndcg") == measured
     on_latest = dict(measured, dataset="movielens-latest", path=None)  # the same run on ml-latest-small
     assert resolved("--recipe=ml-latest-next-item-skip-proj-ndcg") == on_latest
+
+
+def test_the_demo_recipe_is_the_measured_grounded_suggestion_run() -> None:
+    """docs/text.md measured the demo checkpoint as the multi-task cycle with the grounded suggestion
+    twice and the generic KL once; the PPlug demo keeps the cycle with the KL twice."""
+    from training.recipes import resolve_config
+
+    def resolved(recipe: str, *argv: str) -> dict:
+        cfg = dataclasses.asdict(resolve_config("finetune", FinetuneConfig(), [f"--recipe={recipe}", *argv]))
+        return {k: v for k, v in cfg.items() if k != "recipe"}
+
+    suggest_twice = "--tasks=next_item,favourite_category,suggest,taste,suggest,generic"
+    kl_twice = "next_item,favourite_category,generic,taste,suggest,generic"
+    assert resolved("demo") == resolved("demo", suggest_twice)
+    assert resolved("demo-pplug")["tasks"] == kl_twice
 
 
 def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:
