@@ -3,8 +3,9 @@ recommendations, favourite genre, a generated review, a suggestion (task "sugges
 given the first recommendation) and a chat answer change as new events arrive.
 Exits 1 when a generated text loops, is garbled (symbols, blank-line runs, a column of one-word lines
 that start alike) or is empty (training/text_metrics.py). Checks what each suggestion states against the
-item it was given and the replayed history (the title, its year and genres, the "you often watch"
-reason; `suggestion_facts`) and prints the verdicts; wrong facts are reported, not an exit code.
+item it was given and the replayed history (the title, its year and genres, the reason: "you often
+watch ..." or "something new to try"; `suggestion_facts`) and prints the verdicts; wrong facts are
+reported, not an exit code.
 
 Usage (with the stack running, e.g. `make run`):
     .venv/bin/python scripts/demo.py [--url http://127.0.0.1:8000] [--user 414] [--first 15] [--then 25]

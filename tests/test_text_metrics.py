@@ -136,3 +136,6 @@ def test_suggestion_facts_check_year_genres_and_reason_against_the_catalogue() -
     assert facts(free, ["Drama"]) == {"year": None, "genres": None, "reason": None}
     alien = ("Alien (1979)", ["Horror", "Sci-Fi"])  # "Sci-Fi" names Sci-Fi, not the category "Fi"
     assert facts("Alien (1979). It is a Sci-Fi movie.", [], alien)["genres"] is True
+    new = "The Lion King (1994). It is an Animation movie, something new to try."  # right: nothing shared
+    assert facts(new, ["Comedy", "Romance"])["reason"] is True
+    assert facts(new, ["Comedy", "Drama"])["reason"] is False  # the user often watches Drama

@@ -184,7 +184,8 @@ def suggestion_facts(
 
     - `year`: the first "(YYYY)" of the answer is the catalogue title's year;
     - `genres`: every category named in "It is a/an ... <noun>" is one of the item's;
-    - `reason`: every category named in "... often <verb> ... <noun>s" is one of the user's favourites.
+    - `reason`: every category named in "... often <verb> ... <noun>s" is one of the user's favourites;
+      "something new to try" is right when the item shares no category with the favourites.
 
     None where the answer does not state it (no year, no such clause, no category named in it)."""
     facts: dict[str, bool | None] = {"year": None, "genres": None, "reason": None}
@@ -199,4 +200,6 @@ def suggestion_facts(
     named = _named(clause.group(1), categories) if clause else set()
     if named:
         facts["reason"] = named <= set(favourites)
+    elif re.search(r"\bsomething new to try\b", answer, re.IGNORECASE):
+        facts["reason"] = not set(item_categories) & set(favourites)
     return facts
