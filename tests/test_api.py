@@ -335,6 +335,8 @@ async def test_generate_suggest_is_given_the_first_unseen_recommendation(api) ->
     item = suggest.json()["item"]
     assert item["item_id"] == top["items"][0]["item_id"] and item["item_id"] not in {"3", "6", "9"}
     assert item["title"] == f"Movie {item['item_id']}" and item["rank"] == 1
+    cold = (await client.post("/generate", json={**body, "user_id": "nobody"})).json()
+    assert cold["personalized"] is False and cold["item"]["rank"] == 1  # cold start: the cold-start ranking
     question = "Suggest a movie for me tonight and say why."
     chat = (await client.post("/generate", json={**body, "task": "chat", "prompt": question})).json()
     assert chat["item"] is None and suggest.json()["prompt_tokens"] > chat["prompt_tokens"] + 5
