@@ -269,7 +269,6 @@ def _routes(app: FastAPI) -> None:
                 prompt_tokens=len(engine.genre_prompt),
                 completion_tokens=0,
             )
-        suggested = None
         if body.task == "suggest":  # grounded in the recommender's first item
             suggested = await suggestion(state, user, body.user_id)
             info["item"] = suggested
