@@ -3,11 +3,13 @@ movielens_columnar.py`) against the line-by-line engine (`engine="python"`, Pyth
 the reference) on one synthetic data set, in one process, alternated.
 
 The data set is written into a temporary directory (deleted at the end, never committed) in the
-format of ML-20M/25M (`ratings.csv`, `movies.csv`, `tags.csv`; GroupLens' README of ML-25M): by
-default 25,000,000 ratings (`--rows`), one user's ratings together as in the real file (in random
-movie order), about 154 ratings per user (ML-25M: 162,541 users), 62,423 movies with ids up to
-209,171 and quoted titles, movies drawn by popularity (Zipf), half-star ratings, timestamps
-1995-2019 with same-second ties, and one tag per 23 ratings on rated pairs (ML-25M: 1,093,360).
+format of ML-20M/25M (`ratings.csv`, `movies.csv`, `tags.csv`; GroupLens' README of ML-25M), or with
+`--format dat` in that of ML-10M (`ratings.dat`, `movies.dat`, `tags.dat`: the same fields joined by
+"::", no header, no quoting; report `loader-dat`): by default 25,000,000 ratings (`--rows`), one
+user's ratings together as in the real file (in random movie order), about 154 ratings per user
+(ML-25M: 162,541 users), 62,423 movies with ids up to 209,171 and titles with commas (quoted in
+CSV), movies drawn by popularity (Zipf), half-star ratings, timestamps 1995-2019 with same-second
+ties, and one tag per 23 ratings on rated pairs (ML-25M: 1,093,360).
 Each round loads the set with both engines (python first, then columnar; `--repeats` rounds) and
 checks that both give the same data set (a hash of the users, events and catalogue in order).
 Reported: median seconds, ratings/s and the ratio python / columnar (the median of the per-round
@@ -19,6 +21,7 @@ with `--rows` for both: loading the 1M-row set in a fresh process peaked at 577 
 `/usr/bin/time -f %M`), so 25M rows need about 12 GB free.
 
 Run: python -m benchmarks.bench_loader [--rows 25000000] [--repeats 1] [--threads N (Arrow's threads)]
+     [--format csv|dat]
 """
 
 from __future__ import annotations
@@ -52,8 +55,27 @@ STAR_SHARE = np.array([1.6, 3.2, 2.0, 6.8, 5.0, 19.6, 13.1, 26.6, 8.9, 14.5]) / 
 # --- the synthetic data set ---
 
 
-def write_movielens(folder: Path, rows: int, seed: int = 0) -> dict[str, int]:
-    """Write ratings.csv, movies.csv and tags.csv of `rows` ratings into `folder`; counts written."""
+def write_movielens(folder: Path, rows: int, seed: int = 0, kind: str = "csv") -> dict[str, int]:
+    """Write ratings, movies and tags of `rows` ratings into `folder` as CSV (ML-25M) or "::"-separated
+    `.dat` files (ML-10M, `kind="dat"`); counts written."""
+    counts = _write_csv(folder, rows, seed)
+    if kind == "dat":
+        for name in ("ratings", "movies", "tags"):
+            _csv_to_dat(folder / f"{name}.csv", folder / f"{name}.dat")
+    return counts
+
+
+def _csv_to_dat(source: Path, target: Path) -> None:
+    """The rows of a CSV file without its header, fields joined by "::" (ML-10M's format), then the CSV
+    file removed."""
+    with open(source, encoding="utf-8", newline="") as reader, open(target, "w", encoding="utf-8") as writer:
+        rows = csv.reader(reader)
+        next(rows)
+        writer.writelines("::".join(row) + "\n" for row in rows)
+    source.unlink()
+
+
+def _write_csv(folder: Path, rows: int, seed: int) -> dict[str, int]:
     rng = np.random.default_rng(seed)
     movie_ids = np.sort(rng.choice(np.arange(1, 209_172), 62_423, replace=False))
     with open(folder / "movies.csv", "w", encoding="utf-8", newline="") as handle:
@@ -98,12 +120,17 @@ def fingerprint(dataset: Dataset) -> int:
 # --- timing (shared with bench_amazon_loader) ---
 
 
-def engine_args(description: str, rows: int, what: str) -> argparse.Namespace:
-    """--rows, --repeats, --seed, --threads (torch's and Arrow's CPU threads, applied here)."""
+def engine_args(
+    description: str, rows: int, what: str, extra: dict[str, dict[str, Any]] | None = None
+) -> argparse.Namespace:
+    """--rows, --repeats, --seed, --threads (torch's and Arrow's CPU threads, applied here), and the
+    `extra` options (name -> `add_argument` keywords)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", type=int, default=rows, help=what)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of python + columnar")
     parser.add_argument("--seed", type=int, default=0)
+    for name, options in (extra or {}).items():
+        parser.add_argument(name, **options)
     add_thread_arg(parser)
     args = parser.parse_args()
     apply_threads(args.threads)
@@ -146,25 +173,30 @@ def engine_table(title: str, unit: str, count: int, seconds: dict[str, list[floa
 
 
 def main() -> None:
-    args = engine_args(__doc__.splitlines()[0], 25_000_000, "ratings in the synthetic ratings.csv")
+    args = engine_args(
+        __doc__.splitlines()[0], 25_000_000, "ratings in the synthetic ratings file",
+        {"--format": dict(choices=("csv", "dat"), default="csv", help="ML-25M CSV or ML-10M .dat files")},
+    )  # fmt: skip
+    dat = args.format == "dat"
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         folder = Path(tmp)
         begin = time.perf_counter()
-        counts = write_movielens(folder, args.rows, args.seed)
+        counts = write_movielens(folder, args.rows, args.seed, args.format)
         write_seconds = time.perf_counter() - begin
         size_mb = sum(path.stat().st_size for path in folder.iterdir()) / 1e6
         print(f"wrote {counts} ({size_mb:,.0f} MB) in {write_seconds:.1f} s", flush=True)
         seconds = time_engines(lambda engine: load_movielens(folder, engine=engine), args.repeats)
     table = engine_table(
         f"Loading {args.rows:,} ratings (+ movies, tags), median of {args.repeats} round(s)", "ratings",
-        args.rows, seconds, "python (csv module, line by line)",
+        args.rows, seconds, f"python ({'str.split' if dat else 'csv module'}, line by line)",
     )  # fmt: skip
     report = Report(
-        name="loader",
-        title="Data at scale: MovieLens CSV loading, columnar vs line by line",
+        name="loader-dat" if dat else "loader",
+        title=f"Data at scale: MovieLens {'.dat' if dat else 'CSV'} loading, columnar vs line by line",
         summary=(
-            f"`load_movielens` on a synthetic ML-25M-format folder ({counts['users']:,} users, "
+            f"`load_movielens` on a synthetic {'ML-10M' if dat else 'ML-25M'}-format folder "
+            f"({counts['users']:,} users, "
             f"{counts['movies']:,} movies, {counts['tags']:,} tags) with `engine=\"python\"` (the reference) "
             "and `engine=\"columnar\"` (the default), alternated in one process; both returned the same data "
             f"set. Arrow used {pa.cpu_count()} CPU thread(s) (`--threads`, else one per core)."
@@ -179,7 +211,8 @@ def main() -> None:
         started=started,
     )
     report.params.update({
-        "rows": args.rows, "repeats": args.repeats, "seed": args.seed, "counts": counts,
+        "rows": args.rows, "repeats": args.repeats, "seed": args.seed, "format": args.format,
+        "counts": counts,
         "files_mb": round(size_mb, 1), "write_seconds": round(write_seconds, 1),
         "arrow_threads": pa.cpu_count(), "pyarrow": pa.__version__, "seconds": seconds,
     })  # fmt: skip

@@ -18,7 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.data import ML_LATEST_SMALL, DataFormatError, Dataset, load_movielens
-from training.data.movielens_columnar import MOVIES_HEADER, TAGS_HEADER, read_ratings, read_rows
+from training.data.movielens_columnar import (
+    MOVIES_HEADER,
+    TAGS_HEADER,
+    read_ratings,
+    read_ratings_dat,
+    read_rows,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 RATINGS = "userId,movieId,rating,timestamp\n"
@@ -79,8 +85,47 @@ def test_synthetic_25m_fixture_same_with_both_engines(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["100k", "1m", "10m"])
-def test_other_versions_are_read_line_by_line_by_both(tmp_path: Path, kind: str) -> None:
+def test_other_versions_same_with_both_engines(tmp_path: Path, kind: str) -> None:
     root = write_movielens(kind, tmp_path)
+    if kind != "100k":  # 1M / 10M ratings.dat: Arrow takes it
+        assert read_ratings_dat(root / "ratings.dat") is not None
+    assert_same(load_movielens(root, engine="python"), load_movielens(root, engine="columnar"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "taken", "error"),
+    [
+        ("1::10::4::5\r\n\n2::10::3.5::5\r\n1::2::5::5\n", True, ""),  # CRLF, a blank line, a same-second tie
+        ("1:: 10::4::5\n", False, ""),  # padded id: the line-by-line reader strips it
+        ("1::10::4::5 \n", False, ""),
+        ("01::10::4::5\n", False, ""),  # a leading zero is kept in the id
+        ("   \n1::10::4::5\n", False, ""),  # a line of spaces: skipped line by line
+        ("", False, ""),  # an empty file: no users
+        ("1::10::4::5::\n", False, "ratings.dat:1: expected 4 '::'-separated fields, got 5"),
+        ("1::10::4::5\n1:10::4::5\n", False, "ratings.dat:2: expected 4 '::'-separated fields, got 3"),
+        ("1::10:x:4::5\n", False, "ratings.dat:1: expected 4 '::'-separated fields, got 3"),
+        ("1::10::x::5\n", False, "ratings.dat:1: rating is not a number: 'x'"),
+    ],
+)
+def test_ratings_dat_odd_lines_give_the_same_result_or_the_same_error(
+    tmp_path: Path, rows: str, taken: bool, error: str
+) -> None:
+    root = write(tmp_path, "ratings.dat", rows)
+    write(root, "users.dat", "1::F::1::10::48067\n")  # -> 1M
+    assert (read_ratings_dat(root / "ratings.dat") is not None) == taken
+    assert_equivalent(root)
+    python, _ = load_both(root)
+    if error:
+        assert isinstance(python, str) and python.startswith(f"DataFormatError: {error}"), python
+    else:
+        assert isinstance(python, Dataset)
+
+
+def test_ratings_dat_gzip(tmp_path: Path) -> None:
+    root = write_movielens("10m", tmp_path)
+    (root / "ratings.dat.gz").write_bytes(gzip.compress((root / "ratings.dat").read_bytes()))
+    (root / "ratings.dat").unlink()
+    assert read_ratings_dat(root / "ratings.dat.gz") is not None
     assert_same(load_movielens(root, engine="python"), load_movielens(root, engine="columnar"))
 
 

@@ -14,6 +14,10 @@ that names the file and line. Rejected here:
 - a column outside its canonical form (`canonical_*` below), checked by the caller.
 Blank lines are skipped and empty fields are empty strings, as with the `csv` module; quoted
 fields may hold commas, doubled quotes and newlines. `.gz` files are decompressed by Arrow.
+The "::"-separated files of ML-1M / ML-10M (`read_dat_strings`) have no header and no quoting; Arrow
+takes one-character delimiters only, so it splits them on ":" and a line in shape has its fields in the
+even columns and nothing in the odd ones (any other line is rejected: a field holding ":", a line with
+another number of fields).
 Canonical forms: ids `0` or `[1-9][0-9]{0,8}` (so `str(int(id)) == id`, ids order as the natural
 id order does, and a (user, item) pair packs into one int64), integers (timestamps)
 `-?[0-9]{1,18}`, decimals (ratings) `[0-9]{1,6}(.[0-9]{1,6})?` (Arrow and `float()` round both to
@@ -108,6 +112,27 @@ def read_csv_strings(path: Path, header: tuple[str, ...]) -> pa.Table | None:
         )
     except (pa.ArrowInvalid, OSError, EOFError):
         return None
+
+
+def read_dat_strings(path: Path, names: tuple[str, ...]) -> pa.Table | None:
+    """The fields of a "::"-separated file with no header (ML-1M / ML-10M `.dat`) as string columns
+    `names`, or None when a line is not exactly `len(names)` fields joined by "::"."""
+    columns = [name for field in names for name in (field, f"{field}::")][:-1]  # the gaps between fields
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=columns),
+            parse_options=pacsv.ParseOptions(delimiter=":", quote_char=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in columns}, strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowInvalid, OSError, EOFError):
+        return None
+    gaps = [name for name in columns if name.endswith("::")]
+    if any(pc.any(pc.not_equal(table[gap], ""), min_count=0).as_py() for gap in gaps):
+        return None
+    return table.select(list(names))
 
 
 def _matches(column: pa.ChunkedArray, pattern: str) -> bool:

@@ -13,9 +13,9 @@ Tags become the event text of the rated (user, item) pair, joined with ", " in t
 unrated pairs are ignored. `(no genres listed)` and the 100K `unknown` genre mean no category.
 A CSV header that differs from the expected one raises even under `on_error="skip"`: the columns
 cannot be trusted. Missing movie files are allowed (events then have no category).
-Engines: `"columnar"` (default) reads the CSV files with Arrow (`movielens_columnar.py`) and any CSV
-file it does not take, and every 100K/1M/10M file, line by line; `"python"` reads every file line
-by line (the reference). Both give the same data set, and the same error naming file and line.
+Engines: `"columnar"` (default) reads the CSV files and the 1M/10M `ratings.dat` with Arrow
+(`movielens_columnar.py`), and any file it does not take, the 100K files and the other `.dat` files
+(movies, tags: small), line by line; `"python"` reads every file line by line (the reference). Both give the same data set, and the same error naming file and line.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from training.data.movielens_columnar import (
     RatingColumns,
     columnar_timelines,
     read_ratings,
+    read_ratings_dat,
     read_rows,
 )
 from training.data.timeline import Dataset, Event, Item, TieBreak, build_timelines
@@ -244,7 +245,9 @@ def load_movielens(
         items = _items_100k(item_path, genre_path, policy) if item_path else {}
     elif version in ("1m", "10m"):
         ratings_path = find_file(root, ["ratings.dat"], "ratings")
-        rows = _ratings(ratings_path, _split_rows(ratings_path, "::", 4, policy), policy)
+        columns = read_ratings_dat(ratings_path) if engine == "columnar" else None
+        if columns is None:
+            rows = _ratings(ratings_path, _split_rows(ratings_path, "::", 4, policy), policy)
         movies = find_optional(root, ["movies.dat"])
         encoding = "latin-1" if version == "1m" else "utf-8"
         items = _items_split(_split_rows(movies, "::", 3, policy, encoding)) if movies else {}

@@ -1,5 +1,6 @@
-"""MovieLens CSV files (20M / 25M / latest) through the columnar reader: `ratings.csv` read by Arrow,
-checked, sorted with numpy and turned into the timelines that the line-by-line path builds.
+"""MovieLens ratings through the columnar reader: `ratings.csv` (20M / 25M / latest) and `ratings.dat`
+(1M / 10M) read by Arrow, checked, sorted with numpy and turned into the timelines that the line-by-line
+path builds.
 
 Followed: `timeline.build_timelines` and `movielens.load_movielens` (the reference results), the
 pyarrow docs of `sort_indices` ("a stable sort of the input ... table") and `dictionary_encode`,
@@ -28,7 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.data.columnar import MAX_ID, canonical_decimals, canonical_ids, canonical_ints, read_csv_strings
+from training.data.columnar import (
+    MAX_ID,
+    canonical_decimals,
+    canonical_ids,
+    canonical_ints,
+    read_csv_strings,
+    read_dat_strings,
+)
 from training.data.timeline import Event, Item, TieBreak, check_tie_break
 
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
@@ -53,8 +61,17 @@ class RatingColumns:
 def read_ratings(path: Path) -> RatingColumns | None:
     """`ratings.csv` as columns, or None when a field is not canonical (see `columnar.py`)."""
     table = read_csv_strings(path, RATINGS_HEADER)
-    if table is None:
-        return None
+    return None if table is None else _rating_columns(table)
+
+
+def read_ratings_dat(path: Path) -> RatingColumns | None:
+    """ML-1M / ML-10M `ratings.dat` (`user::item::rating::time`) as columns, or None when a line is not in
+    that shape or a field is not canonical (see `columnar.py`)."""
+    table = read_dat_strings(path, RATINGS_HEADER)
+    return None if table is None else _rating_columns(table)
+
+
+def _rating_columns(table: pa.Table) -> RatingColumns | None:
     users, items = canonical_ids(table["userId"]), canonical_ids(table["movieId"])
     if users is None or items is None:
         return None
