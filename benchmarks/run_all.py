@@ -37,9 +37,11 @@ BENCHMARKS = {  # report name -> module
     "lower_layers": "benchmarks.bench_lower_layers",
     "stack": "benchmarks.bench_stack",
     "loader": "benchmarks.bench_loader",
+    "loader-dat": "benchmarks.bench_loader",
     "amazon-loader": "benchmarks.bench_amazon_loader",
     "train_throughput": "benchmarks.bench_train_throughput",
 }
+FULL = {"loader-dat": ["--format", "dat", "--rows", "10000000"]}  # full-run arguments beyond the defaults
 QUICK_DIR = ROOT / "docs" / "bench" / "quick"
 QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the same measurements)
     "worker": ["--repeats", "10"],
@@ -51,6 +53,7 @@ QUICK = {  # report name -> arguments of the quick suite (fewer repeats; the sam
     "lower_layers": ["--repeats", "3"],
     "stack": ["--seconds", "5", "--gen-requests", "1"],
     "loader": ["--rows", "500000"],
+    "loader-dat": ["--rows", "500000", "--format", "dat"],
     "amazon-loader": ["--rows", "200000"],
 }
 PERFORMANCE_HEADER = """# Performance (`make bench`)
@@ -244,7 +247,7 @@ def main() -> None:
         sys.exit(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHMARKS)}")
     if not args.merge_only:
         for name in names:
-            cmd = [sys.executable, "-m", BENCHMARKS[name]]
+            cmd = [sys.executable, "-m", BENCHMARKS[name], *FULL.get(name, [])]
             if args.threads is not None:
                 cmd += ["--threads", str(args.threads)]
             print("$", " ".join(cmd), flush=True)
