@@ -15,7 +15,8 @@ A CSV header that differs from the expected one raises even under `on_error="ski
 cannot be trusted. Missing movie files are allowed (events then have no category).
 Engines: `"columnar"` (default) reads the CSV files and the 1M/10M `ratings.dat` with Arrow
 (`movielens_columnar.py`), and any file it does not take, the 100K files and the other `.dat` files
-(movies, tags: small), line by line; `"python"` reads every file line by line (the reference). Both give the same data set, and the same error naming file and line.
+(movies, tags: small), line by line; `"python"` reads every file line by line (the reference). Both
+give the same data set, and the same error naming file and line.
 """
 
 from __future__ import annotations
