@@ -49,11 +49,13 @@ soak: install backbone
 	@test -f $(CHECKPOINT_DIR)/userllm/manifest.json || $(MAKE) train-demo
 	$(BIN)/python loadtests/soak.py --start-stack --minutes 10
 
-# Demo checkpoints on the vendored ml-latest-small (progress bars shown): a small user encoder, then the
-# multi-task USER-LLM of the recipe "demo" (training/recipes.py): next item, favourite genre, taste and
-# suggestion text, and a KL term that keeps generic text equal to the bare backbone's, all through the
-# same 16 user tokens (+ the newest event's state) and gated cross-attention in the backbone's last 4
-# layers. It ends with `text-check`, which fails (exit 1) when the personalized text degenerates.
+# Demo checkpoints on the vendored ml-latest-small (progress bars shown): the user encoder of the recipe
+# "demo" (2 layers, d 64, rotary positions, tied item head, seen bias), then the multi-task USER-LLM of
+# the recipe "demo" (training/recipes.py): next item, favourite genre, taste and suggestion text, and a
+# KL term that keeps generic text equal to the bare backbone's, all through the same 16 user tokens (+
+# the newest event's state) and gated cross-attention in the backbone's last 4 layers; the encoder
+# frozen, its newest state also read by the heads. It ends with `text-check`, which fails (exit 1) when
+# the personalized text degenerates.
 DEMO_ENCODER_DIR ?= $(CHECKPOINT_DIR)/encoder
 DEMO_USERLLM_DIR ?= $(CHECKPOINT_DIR)/userllm
 DEMO_RUNS_DIR ?= runs/demo

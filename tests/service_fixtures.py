@@ -36,20 +36,34 @@ def vocab_and_catalogue() -> tuple[dict, dict]:
     return vocab, catalogue
 
 
-def tiny_config(cross_attn_layers: tuple[int, ...] = (), mode: str = "cross_attention") -> UserLLMConfig:
+# The demo recipe's shape (training/recipes.py "demo"): a rotary encoder with a tied item head and a seen
+# bias, the newest event's state as a 17th user token, read by the heads too (head_user_skip)
+DEMO_ENCODER = dict(positions="rotary", tie_item_head=True, seen_bias=True)
+
+
+def tiny_config(
+    cross_attn_layers: tuple[int, ...] = (), mode: str = "cross_attention", demo_shape: bool = False
+) -> UserLLMConfig:
     features = (
         FeatureConfig("item", NUM_ITEMS + 2, False, 16),
         FeatureConfig("category", len(GENRES) + 2, True, 8),
         FeatureConfig("rating", 7, False, 8),
     )
     encoder = UserEncoderConfig(
-        features=features, d_model=32, n_layers=2, n_heads=4, window=WINDOW, dropout=0.0
-    )
-    tower = UserTowerConfig(encoder=encoder, perceiver=PerceiverConfig.tiny())
+        features=features, d_model=32, n_layers=2, n_heads=4, window=WINDOW, dropout=0.0,
+        **(DEMO_ENCODER if demo_shape else {}),
+    )  # fmt: skip
+    tower = UserTowerConfig(encoder=encoder, perceiver=PerceiverConfig.tiny(), append_last_event=demo_shape)
     llm = dataclasses.replace(LLMAdapterConfig.tiny(mode), cross_attn_layers=cross_attn_layers)
     if mode == "pplug":  # the real sentence encoder (all-MiniLM-L6-v2) embeds the history
         llm = dataclasses.replace(llm, dim_text=384)
-    return UserLLMConfig(tower=tower, llm=llm, num_items=NUM_ITEMS + 2, num_categories=len(GENRES) + 2)
+    return UserLLMConfig(
+        tower=tower,
+        llm=llm,
+        num_items=NUM_ITEMS + 2,
+        num_categories=len(GENRES) + 2,
+        head_user_skip=demo_shape,
+    )
 
 
 def build_tiny_stack(
@@ -61,10 +75,11 @@ def build_tiny_stack(
     cross_attn_layers: tuple[int, ...] = (),
     max_position_embeddings: int = 128,
     mode: str = "cross_attention",
+    demo_shape: bool = False,
 ) -> tuple[Path, Path]:
     """Write `root/backbone` (tiny Llama + real tokenizer, a context of `max_position_embeddings`) and
     `root/userllm` (checkpoint) of `mode`; cross-attention before every layer unless `cross_attn_layers`
-    says where."""
+    says where; with `demo_shape`, the demo recipe's encoder, 17th user token and head skip."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
@@ -76,7 +91,7 @@ def build_tiny_stack(
     backbone.config.pad_token_id = tokenizer.pad_token_id or 0
     backbone.save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
-    model = PersonalizedLM(tiny_config(cross_attn_layers, mode), backbone)
+    model = PersonalizedLM(tiny_config(cross_attn_layers, mode, demo_shape), backbone)
     with torch.no_grad():  # open the gates: an untrained model whose answers still depend on the user
         for block in model.llm.cross_attn_blocks():
             block.attn_gate.fill_(gate)

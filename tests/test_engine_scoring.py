@@ -78,3 +78,44 @@ def test_seen_items_get_the_encoders_learned_score_when_not_excluded(engine: Tor
         assert best not in dict(excluded)
     finally:
         encoder.seen_bias = None
+
+
+@pytest.fixture(scope="module")
+def demo_engine(tmp_path_factory, real_backbone_dir) -> TorchEngine:  # noqa: F811
+    backbone, ckpt = build_tiny_stack(
+        tmp_path_factory.mktemp("demo-engine"), real_backbone_dir, cross_attn_layers=(1,), demo_shape=True
+    )
+    return TorchEngine.load(ckpt, backbone, device="cpu")
+
+
+def test_the_demo_shape_serves_the_heads_skip_from_the_newest_event_token(demo_engine: TorchEngine) -> None:
+    """The demo recipe's heads also read the 17th user token (the encoder's state at the newest event,
+    `head_user_skip`): the served next-item scores equal the model's over the whole LLM, and they are
+    the LLM's scores plus the skip's read-out of that token."""
+    rng = np.random.default_rng(2)
+    shape = demo_engine.user_token_shape
+    assert shape[0] == demo_engine.model.config.tower.num_user_tokens == 17
+    tokens = rng.standard_normal(shape).astype(np.float16)
+    vocab = len(demo_engine.codec.items.tokens)
+    served = dict(demo_engine.score_batch([ScoreJob(UserInput(tokens), k=vocab)])[0].items)
+    items, _ = _full_scores(demo_engine, demo_engine.score_prompt, tokens)
+    ids = sorted(served)
+    torch.testing.assert_close(
+        torch.tensor([served[i] for i in ids]), items[0, ids].float(), rtol=1e-5, atol=1e-5
+    )
+    head = demo_engine.model.item_head
+    assert head.user_proj is not None
+    with torch.no_grad():
+        skip = head.user_proj(torch.from_numpy(tokens[-1].astype(np.float32)))  # (I,)
+    saved = head.user_proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            head.user_proj.weight.zero_()
+        without = dict(demo_engine.score_batch([ScoreJob(UserInput(tokens), k=vocab)])[0].items)
+    finally:
+        with torch.no_grad():
+            head.user_proj.weight.copy_(saved)
+    assert float(skip.abs().max()) > 1e-3  # the read-out is not a no-op here
+    torch.testing.assert_close(
+        torch.tensor([served[i] - without[i] for i in ids]), skip[ids], rtol=1e-4, atol=1e-4
+    )

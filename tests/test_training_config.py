@@ -196,6 +196,22 @@ def test_the_demo_recipe_is_the_measured_grounded_suggestion_run() -> None:
     assert resolved("demo-pplug")["tasks"] == kl_twice
 
 
+def test_the_demo_pair_is_the_measured_one() -> None:
+    """docs/results.md "Demo checkpoints" measured the pair make train-demo trains: the encoder of
+    ml-latest-d64-orth-fusion-side025, and the USER-LLM with that encoder frozen and read by the heads
+    (strategy proj, head_user_skip on the 17th user token)."""
+    from training.recipes import resolve_config
+
+    def encoder(recipe: str) -> dict:
+        cfg = dataclasses.asdict(resolve_config("pretrain-encoder", TrainConfig(), [f"--recipe={recipe}"]))
+        return {k: v for k, v in cfg.items() if k != "recipe"}
+
+    assert encoder("demo") == encoder("ml-latest-d64-orth-fusion-side025")
+    assert encoder("demo")["side_loss_weight"] == 0.25 and encoder("demo")["positions"] == "rotary"
+    userllm = resolve_config("finetune", FinetuneConfig(), ["--recipe=demo"])
+    assert (userllm.strategy, userllm.head_user_skip, userllm.last_event_token) == ("proj", True, True)
+
+
 def test_run_files_go_beside_an_output_outside_the_current_directory(tmp_path) -> None:
     from training.config import TrainConfig, default_run_dir
 

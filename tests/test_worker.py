@@ -60,9 +60,7 @@ def worker_for(ctx, name: str = "w1", batch: int = 256) -> EncoderWorker:
 
 async def test_events_become_user_tokens(ctx) -> None:
     redis, keys, runtime = ctx
-    await publish(
-        redis, keys, [ev("alice", i, 100 + i) for i in range(1, 6)] + [ev("bob", 7, 5)]
-    )
+    await publish(redis, keys, [ev("alice", i, 100 + i) for i in range(1, 6)] + [ev("bob", 7, 5)])
     assert await drain(worker_for(ctx)) == 2
     alice = await read_tokens(redis, keys, "alice")
     assert alice is not None and alice.user_tokens.shape == (16, 32) and alice.user_tokens.dtype == np.float16
@@ -324,3 +322,36 @@ async def test_undecodable_entries_go_to_the_dead_letter_stream(ctx) -> None:
     assert b"not a finite number" in dead[2][1][b"error"]
     assert [e.item_id for e in await read_history(redis, keys, "hal")] == ["5"]
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
+
+
+@pytest.fixture(scope="module")
+def demo_runtime(tmp_path_factory, real_backbone_dir) -> UserTowerRuntime:  # noqa: F811
+    _, ckpt = build_tiny_stack(tmp_path_factory.mktemp("demo-stack"), real_backbone_dir, demo_shape=True)
+    return UserTowerRuntime.from_checkpoint(ckpt)
+
+
+async def test_the_demo_shape_updates_incrementally_as_a_full_recompute(
+    redis_url, key_prefix, clean_redis, demo_runtime
+) -> None:
+    """The demo recipe's encoder (rotary positions, tied head, seen bias) with the newest event's state
+    as a 17th token: incremental updates give the tokens of a full recompute."""
+    redis = create_redis(redis_url, "test")
+    keys = Keys(prefix=key_prefix, num_shards=2)
+    await ensure_groups(redis, keys)
+    try:
+        worker = EncoderWorker(
+            redis, keys, demo_runtime, consumer="w1", batch=256, block_ms=10, claim_idle_ms=100
+        )
+        for step in range(4):
+            await publish(redis, keys, [ev("dora", 20 + 3 * step + j, 2000 + 3 * step + j) for j in range(3)])
+            await drain(worker)
+        cached = await read_tokens(redis, keys, "dora")
+        history = await read_history(redis, keys, "dora")
+        assert cached is not None and cached.user_tokens.shape == (17, 32) and len(history) == 12
+        full = demo_runtime.encode_full([history])[0]
+        np.testing.assert_allclose(
+            cached.user_tokens.astype(np.float32), full.user_tokens.astype(np.float32), rtol=0, atol=2e-2
+        )
+        assert not np.allclose(cached.user_tokens[-1], cached.user_tokens[0])  # the 17th token is its own
+    finally:
+        await redis.aclose()
