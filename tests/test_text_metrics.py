@@ -117,10 +117,12 @@ def test_garbled_catches_non_prose_that_does_not_repeat_word_for_word() -> None:
 def test_suggestion_facts_check_year_genres_and_reason_against_the_catalogue() -> None:
     """The demo's chat said "The Lion King (1986). It is an Animation, Children, Comedy and Romance movie,
     and you often watch Drama movies." for a Comedy-first user: year and genres wrong, the reason right
-    only if Drama is among the user's favourites. Each fact is judged on its own; unstated ones are None."""
+    only if Drama is among the user's favourites (and the movie's genres: a reason names what the two
+    share). Each fact is judged on its own; unstated ones are None."""
     from training.text_metrics import suggestion_facts
 
-    cats = ["Adventure", "Animation", "Children", "Comedy", "Drama", "Musical", "Romance", "Sci-Fi", "Fi"]
+    cats = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Drama", "Musical", "Romance"]
+    cats += ["Sci-Fi", "Fi"]
     lion = ("Lion King, The (1994)", ["Adventure", "Animation", "Children", "Drama", "Musical"])
 
     def facts(answer: str, favourites: list[str], item: tuple = lion) -> dict:
@@ -139,3 +141,9 @@ def test_suggestion_facts_check_year_genres_and_reason_against_the_catalogue() -
     new = "The Lion King (1994). It is an Animation movie, something new to try."  # right: nothing shared
     assert facts(new, ["Comedy", "Romance"])["reason"] is True
     assert facts(new, ["Comedy", "Drama"])["reason"] is False  # the user often watches Drama
+    gone = ("Gone in 60 Seconds (2000)", ["Action", "Crime"])  # the demo's answer for a Comedy-first user
+    unrelated = "Gone in 60 Seconds (2000). It is an Action, Crime movie, and you often watch Comedy movies."
+    favourites = ["Comedy", "Drama", "Action"]
+    assert facts(unrelated, favourites, gone) == {"year": True, "genres": True, "reason": False}
+    shared = "Gone in 60 Seconds (2000). It is an Action, Crime movie, and you often watch Action movies."
+    assert facts(shared, favourites, gone)["reason"] is True

@@ -11,8 +11,8 @@ the user.
   how many different titles the chat answers name per user (1.0 = a different title for every user);
 - facts: of the suggestions that state them, the share whose title year, "It is a ... movie" genres
   and "you often watch ... movies" (or "something new to try") reason agree with the catalogue and the
-  user's three most frequent categories (training/text_metrics.py `suggestion_facts`; None where no
-  answer states them);
+  user's three most frequent categories (a reason names categories the item and those three share;
+  training/text_metrics.py `suggestion_facts`; None where no answer states them);
 - grounded suggestions: the "suggest" request of the service (models/prompts.py), its question followed
   by the catalogue entry of the item the checkpoint's next-item head ranks first for the user (history
   excluded): the share of answers that name that item, and the same three facts checked against it;

@@ -184,8 +184,10 @@ def suggestion_facts(
 
     - `year`: the first "(YYYY)" of the answer is the catalogue title's year;
     - `genres`: every category named in "It is a/an ... <noun>" is one of the item's;
-    - `reason`: every category named in "... often <verb> ... <noun>s" is one of the user's favourites;
-      "something new to try" is right when the item shares no category with the favourites.
+    - `reason`: every category named in "... often <verb> ... <noun>s" is one of the user's favourites
+      and one of the item's (the task's reason is the categories the two share: "It is an Action
+      movie, and you often watch Comedy movies" is no reason); "something new to try" is right when
+      the item shares no category with the favourites.
 
     None where the answer does not state it (no year, no such clause, no category named in it)."""
     facts: dict[str, bool | None] = {"year": None, "genres": None, "reason": None}
@@ -199,7 +201,7 @@ def suggestion_facts(
     clause = re.search(rf"\boften \w+ (.+?) {re.escape(noun)}s\b", answer, re.IGNORECASE)
     named = _named(clause.group(1), categories) if clause else set()
     if named:
-        facts["reason"] = named <= set(favourites)
+        facts["reason"] = named <= set(favourites) & set(item_categories)
     elif re.search(r"\bsomething new to try\b", answer, re.IGNORECASE):
         facts["reason"] = not set(item_categories) & set(favourites)
     return facts
