@@ -228,3 +228,28 @@ def test_one_window_per_user_sampling_sizes_the_epoch_by_users(
     assert "on 12 windows, steps 0 -> 4" in capsys.readouterr().out  # 2 epochs x ceil(12 / 8) steps
     assert Path(summary["out_dir"], "model.safetensors").is_file()
     assert cli.main(["pretrain-encoder", "--sampling=everything"]) == 2
+
+
+def test_ema_keeps_the_averaged_weights_and_resume_continues_them(tmp_path: Path) -> None:
+    """With ema_decay the best checkpoint holds the averages (the trainer state's), `last/` the raw
+    weights, and 3 + 3 resumed steps end where 6 straight steps do (a flat learning rate after the
+    warmup, so the schedule does not depend on the run's length)."""
+    tiny = dict(ema_decay=0.5, eval_interval=6, save_interval=3, min_lr=1e-3)
+    straight = TrainConfig.tiny(out_dir=str(tmp_path / "a"), run_dir=str(tmp_path / "a-run"), **tiny)
+    main(straight)
+    state = torch.load(tmp_path / "a-run" / "trainer_state.pt", weights_only=False)
+    best = load_checkpoint(tmp_path / "a").state_dict
+    raw = load_checkpoint(tmp_path / "a-run" / "last").state_dict
+    encoder = UserEncoder(UserEncoderConfig(**load_checkpoint(tmp_path / "a").config["encoder"]))
+    names = [name for name, _ in encoder.named_parameters()]
+    assert len(names) == len(state["ema"]["averages"])
+    for name, average in zip(names, state["ema"]["averages"], strict=True):
+        torch.testing.assert_close(best[name], average)
+    assert any(not torch.equal(best[name], raw[name]) for name in names)
+
+    halves = dict(out_dir=str(tmp_path / "b"), run_dir=str(tmp_path / "b-run"), **tiny)
+    main(TrainConfig.tiny(steps=3, **halves))
+    main(TrainConfig.tiny(steps=6, resume=True, **halves))
+    resumed = torch.load(tmp_path / "b-run" / "trainer_state.pt", weights_only=False)
+    for a, b in zip(state["ema"]["averages"], resumed["ema"]["averages"], strict=True):
+        torch.testing.assert_close(a, b)

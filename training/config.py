@@ -93,6 +93,8 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay on matrices (not on norms, biases, embeddings)
     beta2: float = 0.99  # AdamW beta2 (nanoGPT uses 0.99 for small models)
     grad_clip: float = 1.0  # clip the gradient norm at this value (0 = off)
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights with
+    # this decay per step (training/weight_average.py); 0 = the raw weights
     # logging and checkpoints
     log_interval: int = 50  # steps between log lines (stdout and log.jsonl)
     eval_interval: int = 250  # steps between validations; best validation loss is saved to out_dir
@@ -135,6 +137,8 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.warmup < 0 or self.max_users < 0 or self.eval_users < 0 or self.length_dim < 0:
             raise ConfigError("warmup, max_users, eval_users and length_dim must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.recent_events < 0:
             raise ConfigError(f"recent_events must be >= 0, got {self.recent_events}")
         if self.side_loss_weight < 0:

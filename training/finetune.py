@@ -217,7 +217,7 @@ def fit(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.resume:
         model.load_checkpoint_state(load_checkpoint(run_dir / LAST))
         state = load_trainer_state(run_dir, optimizer)
-        start = Resumed(state["step"], state["best_val"], state.get("val"))
+        start = Resumed.from_state(state)
     if here.parallel and not (cfg.resume and here.is_main):  # rank 0 resumes its saved RNG states; the
         seed_everything(cfg.seed + here.rank + start.step)  # other ranks' dropout differs (seed + rank)
     extra_manifest = {

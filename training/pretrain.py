@@ -187,7 +187,7 @@ def fit(encoder: UserEncoder, corpus: Corpus, cfg: TrainConfig, windows: WindowS
     if cfg.resume:
         load_state_strict(encoder, load_checkpoint(run_dir / LAST).state_dict)
         state = load_trainer_state(run_dir, optimizer)
-        start = Resumed(state["step"], state["best_val"], state.get("val"))
+        start = Resumed.from_state(state)
         if not world().is_main:  # the saved RNG states are rank 0's
             seed_everything(cfg.seed + world().rank + start.step)
     val_batches = validation_batches(corpus, cfg)

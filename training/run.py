@@ -23,6 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from training.config import TrainConfig, get_lr
 from training.distributed import mean_over_ranks, world
+from training.weight_average import WeightAverage
 
 __all__ = [
     "Resumed", "RunLog", "configure_optimizer", "fit_loop", "load_trainer_state", "save_trainer_state",
@@ -171,6 +173,12 @@ class Resumed:
     step: int = 0
     best_val: float = float("inf")
     val: float | None = None
+    ema: dict[str, Any] | None = None  # `WeightAverage.state_dict()` of a run with ema_decay > 0
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Resumed:
+        """The start written by `save_trainer_state` (run_dir/trainer_state.pt)."""
+        return cls(state["step"], state["best_val"], state.get("val"), state.get("ema"))
 
 
 def fit_loop(
@@ -192,8 +200,10 @@ def fit_loop(
     steps (and at the end) `validate()` (its "val" selects the checkpoint `save_best` writes); a log
     line every `log_interval`; `save_last` + the trainer state every `save_interval`. With
     `validate_first`, a run starting at step 0 also validates (and saves) the untrained model, so the
-    kept checkpoint is never worse on validation than the start. Returns the final step, the best
-    validation value and the last log record.
+    kept checkpoint is never worse on validation than the start. With `cfg.ema_decay` > 0 the loop
+    keeps an exponential moving average of `params` (training/weight_average.py) and validates and
+    `save_best`s the averaged weights; `save_last` writes the raw ones, the trainer state the averages.
+    Returns the final step, the best validation value and the last log record.
 
     Several ranks: each calls `validate()` (it may shard or return {"val": nan} off rank 0), only rank 0
     saves."""
@@ -201,11 +211,19 @@ def fit_loop(
     main = world().is_main
     step, best_val, val = start.step, start.best_val, start.val
     loss_sum, loss_count, record = 0.0, 0, {}
+    ema = WeightAverage(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None and start.ema is not None:
+        ema.load_state_dict(start.ema)
+
+    def averaged() -> AbstractContextManager[None]:
+        return ema.swapped() if ema is not None else nullcontext()
+
     if validate_first and step == 0:
-        first = validate()
-        val = best_val = first.pop("val")
-        if main:
-            save_best(0, val)
+        with averaged():
+            first = validate()
+            val = best_val = first.pop("val")
+            if main:
+                save_best(0, val)
         record = log.log(0, loss=None, val=val, lr=0.0, **first)
     while step < total:
         lr = get_lr(step, cfg, total)
@@ -217,22 +235,28 @@ def fit_loop(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update()
         step += 1
         log.step()
         loss_sum, loss_count = loss_sum + mean_over_ranks(loss.item()), loss_count + 1
         extra: dict[str, float] = {}
         if step % cfg.eval_interval == 0 or step == total:
-            extra = validate()
-            val = extra.pop("val")
-            if val < best_val:
-                best_val = val
-                if main:
-                    save_best(step, val)
+            with averaged():
+                extra = validate()
+                val = extra.pop("val")
+                if val < best_val:
+                    best_val = val
+                    if main:
+                        save_best(step, val)
         if step % cfg.log_interval == 0 or step == total or extra:
             record = log.log(step, loss=loss_sum / loss_count, val=val, lr=lr, **tags, **extra)
             loss_sum, loss_count = 0.0, 0
         if main and (step % cfg.save_interval == 0 or step == total):
             save_last(step)
-            save_trainer_state(run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val)
+            save_trainer_state(
+                run_dir, optimizer=optimizer, step=step, best_val=best_val, val=val,
+                ema=None if ema is None else ema.state_dict(),
+            )  # fmt: skip
     log.close()
     return {"step": step, "best_val": best_val, "last": record}
