@@ -72,3 +72,32 @@ def test_compare_writes_its_table_and_refuses_unmatched_runs(tmp_path: Path, cap
         main(CompareConfig(a=str(tmp_path / "missing"), b=str(two)))
     assert cli(["compare", f"--a={one}"]) == 2  # B missing: a clear error, exit 2
     assert "give both runs" in capsys.readouterr().err
+
+
+def test_a_side_of_several_runs_is_averaged_per_user_before_pairing(tmp_path: Path, capsys) -> None:
+    users = ["a", "b", "c", "d"]
+    # A's two seeds hit (rank 0) users a, b and a, c; B's one run hits a, b, c
+    seed_1 = _row("ours, seed 1", users, [0, 0, 50, 50], [0, 0, 50, 50])
+    seed_2 = _row("ours, seed 2", users[::-1], [50, 0, 50, 0], [50, 0, 50, 0])  # d, c, b, a
+    anchor = _row("anchor", users, [0, 0, 0, 50], [0, 0, 0, 50])
+    rows = {(r["protocol"], r["metric"]): r for r in paired_rows([seed_1, seed_2], anchor, k=10,
+                                                                  samples=500, seed=1)}  # fmt: skip
+    hits = rows[("exclude_history", "recall@10")]
+    assert hits["a"] == pytest.approx(0.5) and hits["b"] == pytest.approx(0.75)  # (2 + 2) / 8; 3 / 4
+    assert hits["a_minus_b"] == pytest.approx(-0.25) and hits["users"] == 4
+    # per user: a 1 - 1, b 0.5 - 1, c 0.5 - 1, d 0 - 0: the resampled means lie in [-0.5, 0]
+    assert -0.5 <= hits["low"] <= hits["a_minus_b"] <= hits["high"] <= 0.0
+
+    report = _write(tmp_path / "seeds", [seed_1, seed_2])
+    other = _write(tmp_path / "anchor", [anchor])
+    out = str(tmp_path / "out")
+    main(CompareConfig(a=str(report), model_a="ours, seed 1; ours, seed 2", b=str(other), out_dir=out))
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert saved["runs_a"] == 2 and saved["a"] == "mean of 2 runs: ours, seed 1; ours, seed 2"
+    assert "| exclude_history | recall@10 | 0.5000 | 0.7500 | -0.2500 |" in capsys.readouterr().out
+    one = _write(tmp_path / "one", [seed_1])
+    two = _write(tmp_path / "two", [seed_2])
+    by_files = main(CompareConfig(a=f"{one},{two}", b=str(other)))  # one row per file, no names needed
+    assert by_files["a"] == "mean of 2 runs: ours, seed 1; ours, seed 2"
+    with pytest.raises(ConfigError, match="2 results files and 3 model names"):
+        main(CompareConfig(a=f"{one},{two}", model_a="x;y;z", b=str(other)))
