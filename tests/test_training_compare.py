@@ -99,5 +99,8 @@ def test_a_side_of_several_runs_is_averaged_per_user_before_pairing(tmp_path: Pa
     two = _write(tmp_path / "two", [seed_2])
     by_files = main(CompareConfig(a=f"{one},{two}", b=str(other)))  # one row per file, no names needed
     assert by_files["a"] == "mean of 2 runs: ours, seed 1; ours, seed 2"
+    # an empty name picks that file's only row
+    mixed = main(CompareConfig(a=f"{report},{two}", model_a="ours, seed 1;", b=str(other)))
+    assert mixed["a"] == "mean of 2 runs: ours, seed 1; ours, seed 2"
     with pytest.raises(ConfigError, match="2 results files and 3 model names"):
         main(CompareConfig(a=f"{one},{two}", model_a="x;y;z", b=str(other)))

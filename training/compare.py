@@ -86,10 +86,11 @@ def _row(where: str, model: str) -> dict[str, Any]:
 
 
 def _rows(where: str, models: str) -> list[dict[str, Any]]:
-    """The runs of one side: `where` holds files separated by ",", `models` names separated by ";"; one
-    file serves every name, and one name (or none) every file."""
+    """The runs of one side: `where` holds files separated by ",", `models` names separated by ";" (an
+    empty name: that file's only ranked row); one file serves every name, and one name (or none) every
+    file."""
     paths = [part.strip() for part in where.split(",") if part.strip()]
-    names = [part.strip() for part in models.split(";") if part.strip()] or [""]
+    names = [part.strip() for part in models.split(";")] if models.strip() else [""]
     if len(paths) > 1 and len(names) > 1 and len(paths) != len(names):
         raise ConfigError(f"{len(paths)} results files and {len(names)} model names: give one of either, "
                           "or as many of each")  # fmt: skip

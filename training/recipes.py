@@ -147,9 +147,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
                dict(_D64_ORTH_FUSION, **_D64_LATEST)),
         Recipe("pretrain-encoder", "ml-latest-d64-orth-fusion-side025",
                "ml-latest-d64-orth-fusion with the genre and rating losses weighted 0.25 against the item "
-               "loss: Recall@10 0.098 / 0.093 / 0.087 excluding history (three seeds, ~13 CPU-minutes), "
-               "SASRec+ 0.097 / 0.100 / 0.095 beside it; NDCG@10 above it in each (docs/results.md)",
+               "loss: Recall@10 / NDCG@10 excluding history 0.095 / 0.052 on the mean of five seeds "
+               "(13-18 CPU-minutes each), SASRec+ 0.096 / 0.049 at 20 (docs/results.md)",
                _DEMO_ENCODER),
+        Recipe("pretrain-encoder", "ml-latest-d64-orth-fusion-side025-ema",
+               "ml-latest-d64-orth-fusion-side025 validated and kept as an exponential moving average of its "
+               "weights (decay 0.99): validation no higher on the mean of five seeds (0.059 / 0.059), "
+               "Recall@10 / NDCG@10 0.098 / 0.053 on test (docs/results.md)",
+               dict(_DEMO_ENCODER, ema_decay=0.99)),
         Recipe("pretrain-encoder", "ml-latest-d64-orth-fusion-200",
                "ml-latest-d64-orth-fusion on SASRec+'s data: each user's newest 200 training events as one "
                "window, batch 64, 80 epochs (~20 CPU-minutes): Recall@10 0.089 / 0.077 excluding history "
