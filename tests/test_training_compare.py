@@ -104,3 +104,5 @@ def test_a_side_of_several_runs_is_averaged_per_user_before_pairing(tmp_path: Pa
     assert mixed["a"] == "mean of 2 runs: ours, seed 1; ours, seed 2"
     with pytest.raises(ConfigError, match="2 results files and 3 model names"):
         main(CompareConfig(a=f"{one},{two}", model_a="x;y;z", b=str(other)))
+    with pytest.raises(ConfigError, match="no results file named"):
+        main(CompareConfig(a=",", b=str(other)))

@@ -91,6 +91,8 @@ def _rows(where: str, models: str) -> list[dict[str, Any]]:
     file."""
     paths = [part.strip() for part in where.split(",") if part.strip()]
     names = [part.strip() for part in models.split(";")] if models.strip() else [""]
+    if not paths:
+        raise ConfigError(f"{where!r}: no results file named")
     if len(paths) > 1 and len(names) > 1 and len(paths) != len(names):
         raise ConfigError(f"{len(paths)} results files and {len(names)} model names: give one of either, "
                           "or as many of each")  # fmt: skip
